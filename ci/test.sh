@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# ci/test.sh - the whole check, from a fresh Debian 12 machine to green:
+#
+#   1. dependencies              ci/install-deps.sh
+#   2. release build             pip install -v .; any compiler warning fails
+#   3. tests                     pytest tests (benchmarks deselected)
+#   4. wheel in a clean venv     pip wheel, fresh venv, pinstack-cache --version
+#   5. sanitizer build + tests   PINSTACK_SANITIZE=1, ASan+UBSan+LSan
+#
+# Exits non-zero on the first failure. Leaves the sanitizer build installed:
+# `pip install .` puts the release build back.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+PYTHON=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pinstack-ci.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+START=$SECONDS
+
+section() {
+    printf '\n========== %s  (%ds) ==========\n' "$*" "$((SECONDS - START))"
+}
+
+fail() {
+    printf '\nci/test.sh: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# Compiler (gcc, ld) and Cython warnings, as they appear in a pip -v log.
+WARNING_RE='([^[:space:]]+\.(c|h|pyx|pxd|pxi):[0-9]+(:[0-9]+)?: warning:)|((cc1|gcc|ld|collect2): warning:)|(warning: [^[:space:]]+\.(pyx|pxd|pxi):[0-9]+)'
+
+# build_and_install LABEL [ENV...]: pip install -v . with the caller's
+# environment (PINSTACK_SANITIZE, ...); shows what was compiled, fails on any
+# warning, then imports the module with the command prefix ENV... (env VAR=x).
+build_and_install() {
+    local label=$1 log="$WORK/build-$1.log"
+    shift
+    if ! "$PY" -m pip install -v . >"$log" 2>&1; then
+        tail -n 60 "$log"
+        fail "$label build failed (last 60 lines of its log above)"
+    fi
+    # One full compile command (the flags), then what was compiled and linked.
+    grep -m1 -E '^ *gcc .* -c ' "$log" | sed -E 's/^ +//' || true
+    grep -E '^ *gcc .* -c ' "$log" | sed -E 's/.* -c ([^ ]+) .*/  compiled \1/' || true
+    grep -E '^ *gcc .*-shared' "$log" | sed -E 's/.* -o ([^ ]+).*/  linked   \1/' || true
+    if grep -nE "$WARNING_RE" "$log"; then
+        fail "$label build printed compiler warnings (above); the C must build -Wall -Wextra clean"
+    fi
+    echo "$label build: no compiler warnings"
+    if ! (cd "$WORK" && "$@" "$PY" -c 'import pinstack._core._cache as c; print("built", c.version())'); then
+        fail "$label build does not import (undefined symbol? see above)"
+    fi
+}
+
+# run_pytest ARGS...: pytest, where "no tests ran" (exit 5) is a failure too.
+run_pytest() {
+    local status=0
+    "$@" || status=$?
+    if [ "$status" -eq 5 ]; then
+        fail "pytest collected no tests"
+    elif [ "$status" -ne 0 ]; then
+        fail "pytest exited with status $status"
+    fi
+}
+
+section "1/5 install dependencies"
+bash ci/install-deps.sh
+# The real interpreter, not a pyenv shim: a shim is a bash script, and the
+# sanitizer's LD_PRELOAD below must reach Python only.
+PY=$("$PYTHON" -c 'import sys; print(sys.executable)')
+echo "python: $PY ($("$PY" --version))"
+
+section "2/5 release build (pip install -v .)"
+build_and_install release env
+
+section "3/5 tests (release build)"
+run_pytest "$PY" -m pytest -q tests --timeout=120
+
+section "4/5 wheel installed into a fresh venv"
+rm -f dist/pinstack-*.whl
+"$PY" -m pip wheel . -w dist --no-deps -q
+ls -l dist/pinstack-*.whl
+"$PY" -m venv "$WORK/venv"
+"$WORK/venv/bin/python" -m pip install -q dist/pinstack-*.whl
+version_line=$(cd "$WORK" && "$WORK/venv/bin/pinstack-cache" --version)
+echo "$version_line"
+expected="pinstack-cache $("$PY" -c 'import runpy; print(runpy.run_path("src/pinstack/_version.py")["__version__"])')"
+case "$version_line" in
+    "$expected "*) ;;
+    *) fail "the venv's pinstack-cache --version printed '$version_line', expected '$expected ...'" ;;
+esac
+
+section "5/5 sanitizer build (ASan + UBSan + LSan) and tests"
+SANITIZER_RUNTIME="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+SANITIZER_ENV=(
+    LD_PRELOAD="$SANITIZER_RUNTIME"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+    LSAN_OPTIONS="suppressions=$ROOT/ci/lsan.supp:print_suppressions=0"
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+)
+export PINSTACK_SANITIZE=1
+build_and_install sanitizer env "${SANITIZER_ENV[@]}"
+unset PINSTACK_SANITIZE
+run_pytest env "${SANITIZER_ENV[@]}" "$PY" -m pytest -q tests --timeout=300 --benchmark-disable
+
+section "all checks passed"
+echo "note: the sanitizer build is installed now; 'pip install .' restores the release build"

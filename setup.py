@@ -1,0 +1,149 @@
+"""Build pinstack: one C extension, pinstack._core._cache.
+
+The extension is the Cython wrapper src/_core/cache/_cache.pyx compiled
+together with every C file of the engine, found by globbing at build time:
+
+    src/_core/common/*.c   shared helpers
+    src/_core/cache/*.c    the memcached-compatible engine
+
+so an engineer adding a module only adds the file. Metadata lives in
+pyproject.toml; this file holds only what needs code.
+
+Build modes (environment variables, read at build time):
+
+    PINSTACK_SANITIZE=1   -fsanitize=address,undefined -fno-omit-frame-pointer
+                          -O1 -g, compile and link. Python itself is not
+                          instrumented, so run with the runtime preloaded:
+                          LD_PRELOAD="$(gcc -print-file-name=libasan.so)
+                                      $(gcc -print-file-name=libubsan.so)"
+    PINSTACK_DEBUG=1      -O0 -g
+    (neither)             release: -O2
+
+The C must build warning-free under -Wall -Wextra: ci/test.sh builds with
+`pip install -v .` and fails on any compiler warning in the log.
+"""
+
+import os
+import re
+from glob import glob
+from multiprocessing.pool import ThreadPool
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# pip runs setup.py from the project root; every path below is relative to it
+# (setuptools wants relative source paths).
+os.chdir(os.path.dirname(os.path.abspath(__file__)))
+
+CORE = "src/_core"
+
+
+def read_version():
+    """__version__ from src/pinstack/_version.py, without importing the package."""
+    with open("src/pinstack/_version.py", encoding="utf-8") as f:
+        match = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M)
+    if match is None:
+        raise RuntimeError("src/pinstack/_version.py: no __version__ line")
+    return match.group(1)
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
+def c_sources(*dirs):
+    """Every .c file in `dirs`, sorted, minus Cython output left in the tree."""
+    found = []
+    for d in dirs:
+        for path in sorted(glob(os.path.join(d, "*.c"))):
+            if os.path.basename(path) == "_cache.c":  # generated from _cache.pyx
+                continue
+            found.append(path)
+    return found
+
+
+VERSION = read_version()
+SANITIZE = env_flag("PINSTACK_SANITIZE")
+DEBUG = env_flag("PINSTACK_DEBUG")
+
+compile_args = ["-std=gnu11", "-pthread", "-Wall", "-Wextra", "-fvisibility=hidden"]
+link_args = ["-pthread"]
+if SANITIZE:
+    sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    compile_args += sanitize + ["-O1", "-g"]
+    link_args += sanitize
+if DEBUG:
+    compile_args += ["-O0", "-g"]  # after -O1 of a sanitizer build: last -O wins
+if not SANITIZE and not DEBUG:
+    compile_args += ["-O2"]  # after Python's own -O3 in CFLAGS: last -O wins
+
+cache_ext = Extension(
+    "pinstack._core._cache",
+    sources=[f"{CORE}/cache/_cache.pyx"] + c_sources(f"{CORE}/common", f"{CORE}/cache"),
+    include_dirs=[CORE, f"{CORE}/cache"],
+    depends=sorted(glob(f"{CORE}/**/*.h", recursive=True)),
+    define_macros=[("PS_PACKAGE_VERSION", f'"{VERSION}"')],
+    # liburing and OpenSSL are for the flash tier and TLS, linked from the
+    # start so the wheel's runtime needs do not change under users' feet.
+    libraries=["uring", "ssl", "crypto", "pthread"],
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+)
+
+
+class BuildExt(build_ext):
+    """build_ext that always rebuilds, compiling the C files in parallel.
+
+    Always rebuilding: setuptools skips an extension whose .so is newer than
+    its sources, which is wrong here twice over: a deleted source file (or a
+    switch between release and sanitizer builds, which share build/) leaves
+    every remaining source older than the .so. The whole core compiles in
+    seconds, so correctness wins.
+    """
+
+    def build_extensions(self):
+        self.force = True
+        compiler = self.compiler
+        jobs = os.cpu_count() or 1
+
+        def compile_parallel(
+            sources,
+            output_dir=None,
+            macros=None,
+            include_dirs=None,
+            debug=0,
+            extra_preargs=None,
+            extra_postargs=None,
+            depends=None,
+        ):
+            # Same steps as CCompiler.compile(), one thread per gcc process.
+            macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+                output_dir, macros, include_dirs, sources, depends, extra_postargs
+            )
+            cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+
+            def compile_one(obj):
+                src, ext = build[obj]
+                compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+            with ThreadPool(jobs) as pool:
+                pool.map(compile_one, objects)
+            return objects
+
+        compiler.compile = compile_parallel
+        super().build_extensions()
+
+
+setup(
+    version=VERSION,
+    ext_modules=cythonize(
+        [cache_ext],
+        build_dir="build/cython",  # keep generated C out of the source tree
+        compiler_directives={
+            "language_level": 3,
+            "embedsignature": True,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

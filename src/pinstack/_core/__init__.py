@@ -1,0 +1,1 @@
+"""Compiled extension modules (built from src/_core/ by setup.py)."""

@@ -1,0 +1,1 @@
+"""pinstack-cache: a drop-in memcached server whose engine is C (see cli.py)."""
