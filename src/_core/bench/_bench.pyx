@@ -417,9 +417,10 @@ def histogram(values_us):
         raise MemoryError()
     try:
         for v in values_us:
-            if v < 0:
-                raise ValueError("latencies are not negative")
-            hist_record_ns(&h, <uint64_t>(v * 1000))
+            us = float(v)
+            if not us >= 0:
+                raise ValueError(f"a latency is a number >= 0, got {v!r}")
+            hist_record_ns(&h, <uint64_t>(us * 1000.0 + 0.5))
         return _hist_dict(&h)
     finally:
         hist_free(&h)

@@ -29,6 +29,15 @@
  * falls behind therefore shows its queueing delay in the latencies (no
  * coordinated omission) instead of quietly slowing the load down.
  *
+ * MEMORY PER CONNECTION
+ *
+ * Replies are read into one 64 KiB buffer per worker and parsed at once;
+ * values stream through the parser without being kept. All a connection
+ * carries from one read to the next is an incomplete reply line (at most
+ * PROTO_LINE_MAX bytes, usually none), its unsent requests and its ring of
+ * `pipeline` in-flight records - so ten thousand connections cost tens of
+ * megabytes, not gigabytes.
+ *
  * INVARIANTS
  *   - q_count <= pipeline; queue[q_head] is the oldest request in flight and
  *     the one the parser is reading the reply to (memcached answers in order).
@@ -55,6 +64,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -63,10 +73,10 @@
 
 #define NS_PER_SEC UINT64_C(1000000000)
 #define NS_PER_MS UINT64_C(1000000)
-#define IN_CAP (64u * 1024u)          /* read buffer; > PROTO_LINE_MAX          */
+#define IN_CAP (64u * 1024u)          /* per-worker read buffer; > 2 * PROTO_LINE_MAX */
 #define MAX_EVENTS 256
 #define SCAN_MAX_NS (100 * NS_PER_MS) /* timers and the stop flag: at least 10/s */
-#define PUBLISH_NS (250 * NS_PER_MS)  /* progress snapshot period               */
+#define PUBLISH_NS (100 * NS_PER_MS)  /* progress snapshot period               */
 #define RETRY_FIRST_NS (100 * NS_PER_MS) /* reconnect back-off: 100ms, 200ms, ... */
 #define RECONNECT_ATTEMPTS 5          /* failed reconnects in a row that end the run */
 #define DRAIN_MAX_NS (10 * NS_PER_SEC) /* a timed run waits this long for late replies */
@@ -95,8 +105,8 @@ struct bench_conn {
     int state;               /* enum conn_state                              */
     uint32_t events;         /* epoll mask registered for fd                 */
     bench_buf out;           /* encoded requests not yet written             */
-    char *in;                /* IN_CAP bytes; in[in_off..in_len) unparsed     */
-    size_t in_len, in_off;
+    char *carry;             /* an incomplete reply line kept between reads  */
+    size_t carry_len, carry_cap; /* carry_len <= PROTO_LINE_MAX                */
     proto_parser parser;
     bench_req *queue;        /* ring of `pipeline` requests in flight        */
     uint32_t q_head, q_count;
@@ -132,6 +142,7 @@ typedef struct worker_loop {
     uint64_t timeline_slot_ns;
     double open_interval_ns;     /* open loop: per-connection spacing       */
     double open_phase_ns;        /* open loop: offset between connections   */
+    char *in;                    /* IN_CAP bytes: a connection's carry, then what recv brings */
     char *keys;                  /* multiget * BENCH_KEY_MAX scratch        */
     const char **key_ptrs;
     size_t *key_lens;
@@ -227,7 +238,7 @@ static void conn_close(bench_conn *c)
     c->fd = -1;
     c->events = 0;
     c->out.len = c->out.off = 0;
-    c->in_len = c->in_off = 0;
+    c->carry_len = 0;
     proto_parser_reset(&c->parser);
     c->q_head = c->q_count = 0;
     c->state = CONN_IDLE;
@@ -520,16 +531,18 @@ static void record(worker_loop *L, const bench_req *r, const proto_reply *rep, u
     L->w->t_last_ns = now;
 }
 
-/* Parses every complete reply buffered. 0, or -1 when the connection was
- * reset or finished on the way. */
-static int conn_parse(worker_loop *L, bench_conn *c, uint64_t now)
+/* Parses every complete reply in buf[0..len) and keeps an incomplete last
+ * line in the connection's carry. 0, or -1 when the connection was reset or
+ * finished on the way (the rest of buf is then dropped with it). */
+static int conn_parse(worker_loop *L, bench_conn *c, const char *buf, size_t len, uint64_t now)
 {
     const bench_config *cfg = L->cfg;
     char why[BENCH_ERROR_MAX];
-    while (c->in_off < c->in_len) {
+    size_t off = 0;
+    while (off < len) {
         if (c->q_count == 0) {
             char quoted[100];
-            proto_quote(quoted, sizeof(quoted), c->in + c->in_off, c->in_len - c->in_off);
+            proto_quote(quoted, sizeof(quoted), buf + off, len - off);
             snprintf(why, sizeof(why), "protocol error from %s: data with no request in flight: %s",
                      server_name(L), quoted);
             L->res->protocol_errors++;
@@ -541,9 +554,8 @@ static int conn_parse(worker_loop *L, bench_conn *c, uint64_t now)
                             .nkeys = r->nkeys};
         size_t used = 0;
         proto_reply rep;
-        int status = proto_parse(&c->parser, &exp, c->in + c->in_off, c->in_len - c->in_off,
-                                 &used, &rep);
-        c->in_off += used;
+        int status = proto_parse(&c->parser, &exp, buf + off, len - off, &used, &rep);
+        off += used;
         if (status == PROTO_MORE)
             break;
         c->q_head = (c->q_head + 1) % cfg->pipeline;
@@ -574,21 +586,35 @@ static int conn_parse(worker_loop *L, bench_conn *c, uint64_t now)
             }
         }
     }
-    if (c->in_off == c->in_len)
-        c->in_off = c->in_len = 0;
+    /* What is left is one incomplete line, at most PROTO_LINE_MAX bytes (the
+     * parser refuses longer ones): keep it for the next read. */
+    size_t rest = len - off;
+    if (rest > c->carry_cap) {
+        char *grown = realloc(c->carry, rest);
+        if (grown == NULL) {
+            shared_fail(L->sh, BENCH_ERR_SYSTEM, "out of memory reading a reply");
+            conn_finish(L, c);
+            return -1;
+        }
+        c->carry = grown;
+        c->carry_cap = rest;
+    }
+    if (rest > 0) /* carry is NULL until first needed; memcpy(NULL, .., 0) is UB */
+        memcpy(c->carry, buf + off, rest);
+    c->carry_len = rest;
     return 0;
 }
 
 static void conn_readable(worker_loop *L, bench_conn *c)
 {
-    if (c->in_off > 0) {
-        memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
-        c->in_len -= c->in_off;
-        c->in_off = 0;
-    }
+    /* The worker's one read buffer: this connection's carried-over partial
+     * line first, then whatever the socket has. */
+    size_t len = c->carry_len;
+    if (len > 0)
+        memcpy(L->in, c->carry, len);
     ssize_t n;
     do
-        n = recv(c->fd, c->in + c->in_len, IN_CAP - c->in_len, 0);
+        n = recv(c->fd, L->in + len, IN_CAP - len, 0);
     while (n < 0 && errno == EINTR);
     uint64_t now = bench_now_ns();
     if (n == 0) {
@@ -601,8 +627,7 @@ static void conn_readable(worker_loop *L, bench_conn *c)
         return;
     }
     L->res->bytes_in += (uint64_t)n;
-    c->in_len += (size_t)n;
-    if (conn_parse(L, c, now) != 0)
+    if (conn_parse(L, c, L->in, len + (size_t)n, now) != 0)
         return;
     if (conn_done(L, c)) {
         conn_finish(L, c);
@@ -789,10 +814,11 @@ static int loop_init(worker_loop *L, bench_worker *w)
     L->nconns = L->conns != NULL ? cfg->clients : 0;
     for (uint32_t i = 0; i < L->nconns; i++)
         L->conns[i].fd = -1; /* before anything can fail: loop_free closes fds */
+    L->in = malloc(IN_CAP);
     L->keys = malloc((size_t)cfg->multiget * BENCH_KEY_MAX);
     L->key_ptrs = calloc(cfg->multiget, sizeof(*L->key_ptrs));
     L->key_lens = calloc(cfg->multiget, sizeof(*L->key_lens));
-    if (L->epfd < 0 || L->conns == NULL || L->keys == NULL || L->key_ptrs == NULL ||
+    if (L->epfd < 0 || L->conns == NULL || L->in == NULL || L->keys == NULL || L->key_ptrs == NULL ||
         L->key_lens == NULL)
         return -1;
     L->timeout_ns = (uint64_t)(cfg->timeout_s * 1e9);
@@ -812,9 +838,8 @@ static int loop_init(worker_loop *L, bench_worker *w)
         bench_conn *c = &L->conns[i];
         c->slot = i;
         c->global_index = (uint64_t)w->index * cfg->clients + i;
-        c->in = malloc(IN_CAP);
         c->queue = calloc(cfg->pipeline, sizeof(*c->queue));
-        if (c->in == NULL || c->queue == NULL)
+        if (c->queue == NULL)
             return -1;
         proto_parser_reset(&c->parser);
         uint64_t seq_start;
@@ -843,11 +868,12 @@ static void loop_free(worker_loop *L)
             if (c->fd >= 0)
                 close(c->fd);
             buf_free(&c->out);
-            free(c->in);
+            free(c->carry);
             free(c->queue);
         }
     }
     free(L->conns);
+    free(L->in);
     free(L->keys);
     free(L->key_ptrs);
     free(L->key_lens);
@@ -904,6 +930,9 @@ void *worker_main(void *arg)
     worker_loop L;
     struct epoll_event events[MAX_EVENTS];
 
+    /* Timers fire when asked: the default 50 us of slack would make every
+     * open-loop send up to 50 us late, and that lateness is latency. */
+    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     if (loop_init(&L, w) != 0) {
         shared_fail(sh, BENCH_ERR_SYSTEM, "worker %u: cannot set up: %s", w->index,
                     strerror(errno ? errno : ENOMEM));

@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .._version import __version__
-from . import BenchError, normalize_options, run
+from . import OPTIONS, BenchError, normalize_options, run
 
 PROG = "pinstack-bench"
 EX_USAGE = 64
@@ -32,30 +33,32 @@ TABLE_SUBRULE = "-" * 126
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = OPTIONS  # the defaults live in one place; the help text quotes them
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Load generator for memcached-protocol servers (text or meta), "
         "in the spirit of memtier_benchmark. The load loop runs in C.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=None,
     )
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     conn = p.add_argument_group("connections")
     conn.add_argument("-s", "--server", metavar="HOST:PORT",
-                      help="server to load ([ADDR]:PORT for IPv6; default 127.0.0.1:11211)")
-    conn.add_argument("-t", "--threads", type=int, metavar="N", help="worker threads (default 4)")
+                      help=f"server to load ([ADDR]:PORT for IPv6; default {d['server']})")
+    conn.add_argument("-t", "--threads", type=int, metavar="N",
+                      help=f"worker threads (default {d['threads']})")
     conn.add_argument("-c", "--clients", type=int, metavar="N",
-                      help="connections per thread (default 50)")
+                      help=f"connections per thread (default {d['clients']})")
     conn.add_argument("--pipeline", type=int, metavar="N",
-                      help="requests in flight per connection (default 1)")
+                      help=f"requests in flight per connection (default {d['pipeline']})")
     conn.add_argument("--protocol", choices=["text", "meta"],
-                      help="text: get/set; meta: mg/ms (default text)")
+                      help=f"text: get/set; meta: mg/ms (default {d['protocol']})")
     conn.add_argument("--reconnect-interval", type=int, metavar="N",
                       help="close and reopen each connection every N requests (default never)")
     conn.add_argument("--timeout", type=float, metavar="S",
-                      help="a request unanswered for S seconds times out; 0 never (default 5)")
+                      help="a request unanswered for S seconds times out; 0 never "
+                      f"(default {d['timeout']:g})")
     conn.add_argument("--connect-timeout", type=float, metavar="S",
-                      help="give up connecting after S seconds (default 2)")
+                      help=f"give up connecting after S seconds (default {d['connect_timeout']:g})")
 
     length = p.add_argument_group("how much")
     only_one = length.add_mutually_exclusive_group()
@@ -68,36 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured from the scheduled time (default: closed loop)")
 
     work = p.add_argument_group("workload")
-    work.add_argument("--ratio", metavar="SET:GET", help="sets to gets (default 1:10)")
-    work.add_argument("--multiget", type=int, metavar="N", help="keys per get (default 1)")
-    work.add_argument("--key-prefix", metavar="STR", help="default memtier-")
-    work.add_argument("--key-minimum", type=int, metavar="N", help="default 0")
-    work.add_argument("--key-maximum", type=int, metavar="N", help="default 10000000")
+    work.add_argument("--ratio", metavar="SET:GET", help=f"sets to gets (default {d['ratio']})")
+    work.add_argument("--multiget", type=int, metavar="N",
+                      help=f"keys per get (default {d['multiget']})")
+    work.add_argument("--key-prefix", metavar="STR", help=f"default {d['key_prefix']}")
+    work.add_argument("--key-minimum", type=int, metavar="N", help=f"default {d['key_minimum']}")
+    work.add_argument("--key-maximum", type=int, metavar="N", help=f"default {d['key_maximum']}")
     work.add_argument("--key-pattern", metavar="P[:P]",
                       help="S sequential, R uniform, G gaussian, Z zipfian; SET:GET to differ "
-                      "(default R)")
+                      f"(default {d['key_pattern']})")
     work.add_argument("--zipf-skew", type=float, metavar="S",
-                      help="Z: rank r drawn with probability ~ r^-S (default 1.0)")
+                      help=f"Z: rank r drawn with probability ~ r^-S (default {d['zipf_skew']:g})")
     work.add_argument("--key-median", type=float, metavar="N", help="G: centre (default mid-range)")
     work.add_argument("--key-stddev", type=float, metavar="N",
                       help="G: standard deviation (default range/6)")
     sizes = work.add_mutually_exclusive_group()
-    sizes.add_argument("-d", "--data-size", type=int, metavar="N", help="value bytes (default 32)")
+    sizes.add_argument("-d", "--data-size", type=int, metavar="N",
+                       help=f"value bytes (default {d['data_size']})")
     sizes.add_argument("--data-size-range", metavar="MIN-MAX", help="uniform value size")
     sizes.add_argument("--data-size-list", metavar="SIZE:WEIGHT,...", help="weighted value sizes")
     work.add_argument("--expiry-range", metavar="MIN-MAX",
-                      help="expiry seconds, uniform (default 0-0: never)")
-    work.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
+                      help=f"expiry seconds, uniform (default {d['expiry_range']}: never)")
+    work.add_argument("--seed", type=int, metavar="N", help=f"random seed (default {d['seed']})")
 
     out = p.add_argument_group("errors and output")
     out.add_argument("--on-error", choices=["stop", "continue"],
                      help="stop: end the run at the first error; continue: count it, reset "
-                     "the connection if needed, go on (default stop)")
+                     f"the connection if needed, go on (default {d['on_error']})")
     out.add_argument("--json", metavar="FILE", help="write all results, histograms included")
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="a line per second on stderr (default: when stderr is a terminal)")
     out.add_argument("--timeline-interval", type=float, metavar="S",
-                     help="slot width of the JSON timeline (default 1.0)")
+                     help=f"slot width of the JSON timeline (default {d['timeline_interval']:g})")
     return p
 
 
@@ -120,7 +125,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'KB/sec':>14}"
     )
 
-    def row(name: str, stats: dict[str, Any], hits: Optional[float], misses: Optional[float]) -> str:
+    def row(name: str, stats: dict[str, Any], hits: float | None, misses: float | None) -> str:
         lat = stats["latency"]
         hits_s = f"{hits:>13.2f}" if hits is not None else f"{'---':>13}"
         misses_s = f"{misses:>13.2f}" if misses is not None else f"{'---':>13}"
@@ -171,7 +176,7 @@ def format_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: str, result: Optional[dict[str, Any]], error: Optional[BenchError]) -> None:
+def _write_json(path: str, result: dict[str, Any] | None, error: BenchError | None) -> None:
     doc: dict[str, Any] = {"tool": PROG, "version": __version__}
     if result is not None:
         body = dict(result)
@@ -186,7 +191,7 @@ def _write_json(path: str, result: Optional[dict[str, Any]], error: Optional[Ben
             f.write(text + "\n")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     options = _options(args)
@@ -196,9 +201,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_USAGE
 
-    error: Optional[BenchError] = None
+    error: BenchError | None = None
     try:
-        result: Optional[dict[str, Any]] = run(**options)
+        result: dict[str, Any] | None = run(**options)
     except BenchError as exc:
         error, result = exc, exc.result
     except KeyboardInterrupt:
