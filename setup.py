@@ -1,12 +1,13 @@
-"""Build pinstack: one C extension, pinstack._core._cache.
+"""Build pinstack's C extensions, one per engine:
 
-The extension is the Cython wrapper src/_core/cache/_cache.pyx compiled
-together with every C file of the engine, found by globbing at build time:
+    pinstack._core._cache   src/_core/cache/_cache.pyx   pinstack-cache's engine
+    pinstack._core._bench   src/_core/bench/_bench.pyx   pinstack-bench's load loop
 
-    src/_core/common/*.c   shared helpers
-    src/_core/cache/*.c    the memcached-compatible engine
-
-so an engineer adding a module only adds the file. Metadata lives in
+Each is its Cython wrapper compiled together with every C file of its
+directory and of src/_core/common/, found by globbing at build time, so an
+engineer adding a module only adds the file. Include paths are src/_core
+and the engine's own directory only: engines may reuse header names
+(cache/proto.h, bench/proto.h) without clashing. Metadata lives in
 pyproject.toml; this file holds only what needs code.
 
 Build modes (environment variables, read at build time):
@@ -57,7 +58,7 @@ def c_sources(*dirs):
     found = []
     for d in dirs:
         for path in sorted(glob(os.path.join(d, "*.c"))):
-            if os.path.basename(path) == "_cache.c":  # generated from _cache.pyx
+            if os.path.exists(path[:-2] + ".pyx"):  # generated from a .pyx
                 continue
             found.append(path)
     return found
@@ -78,18 +79,28 @@ if DEBUG:
 if not SANITIZE and not DEBUG:
     compile_args += ["-O2"]  # after Python's own -O3 in CFLAGS: last -O wins
 
-cache_ext = Extension(
-    "pinstack._core._cache",
-    sources=[f"{CORE}/cache/_cache.pyx"] + c_sources(f"{CORE}/common", f"{CORE}/cache"),
-    include_dirs=[CORE, f"{CORE}/cache"],
-    depends=sorted(glob(f"{CORE}/**/*.h", recursive=True)),
-    define_macros=[("PS_PACKAGE_VERSION", f'"{VERSION}"')],
+
+def engine_extension(engine, libraries):
+    """pinstack._core._<engine> from src/_core/<engine>/ plus src/_core/common/."""
+    return Extension(
+        f"pinstack._core._{engine}",
+        sources=[f"{CORE}/{engine}/_{engine}.pyx"]
+        + c_sources(f"{CORE}/common", f"{CORE}/{engine}"),
+        include_dirs=[CORE, f"{CORE}/{engine}"],
+        depends=sorted(glob(f"{CORE}/common/*.h") + glob(f"{CORE}/{engine}/*.h")),
+        define_macros=[("PS_PACKAGE_VERSION", f'"{VERSION}"')],
+        libraries=libraries,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+
+
+extensions = [
     # liburing and OpenSSL are for the flash tier and TLS, linked from the
     # start so the wheel's runtime needs do not change under users' feet.
-    libraries=["uring", "ssl", "crypto", "pthread"],
-    extra_compile_args=compile_args,
-    extra_link_args=link_args,
-)
+    engine_extension("cache", ["uring", "ssl", "crypto", "pthread", "m"]),
+    engine_extension("bench", ["pthread", "m"]),
+]
 
 
 class BuildExt(build_ext):
@@ -138,7 +149,7 @@ class BuildExt(build_ext):
 setup(
     version=VERSION,
     ext_modules=cythonize(
-        [cache_ext],
+        extensions,
         build_dir="build/cython",  # keep generated C out of the source tree
         compiler_directives={
             "language_level": 3,

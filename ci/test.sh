@@ -5,10 +5,11 @@
 #   2. release build             pip install -v .; any compiler warning fails
 #   3. tests                     pytest tests (benchmarks deselected)
 #   4. wheel in a clean venv     pip wheel, fresh venv, pinstack-cache --version
-#   5. sanitizer build + tests   PINSTACK_SANITIZE=1, ASan+UBSan+LSan
+#   5. sanitizer build + tests   PINSTACK_SANITIZE=1, ASan+UBSan+LSan, in a
+#                                venv of its own: the release build stays the
+#                                installed one
 #
-# Exits non-zero on the first failure. Leaves the sanitizer build installed:
-# `pip install .` puts the release build back.
+# Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -31,13 +32,22 @@ fail() {
 # Compiler (gcc, ld) and Cython warnings, as they appear in a pip -v log.
 WARNING_RE='([^[:space:]]+\.(c|h|pyx|pxd|pxi):[0-9]+(:[0-9]+)?: warning:)|((cc1|gcc|ld|collect2): warning:)|(warning: [^[:space:]]+\.(pyx|pxd|pxi):[0-9]+)'
 
-# build_and_install LABEL [ENV...]: pip install -v . with the caller's
-# environment (PINSTACK_SANITIZE, ...); shows what was compiled, fails on any
-# warning, then imports the module with the command prefix ENV... (env VAR=x).
+# Imports every compiled module of pinstack._core: an undefined symbol only
+# shows at import time.
+IMPORT_ALL_EXTENSIONS='
+import importlib, pkgutil, pinstack._core
+for module in pkgutil.iter_modules(pinstack._core.__path__):
+    print("imported", importlib.import_module("pinstack._core." + module.name).__file__)
+'
+
+# build_and_install LABEL PYTHON [ENV...]: PYTHON -m pip install -v . with
+# the caller's environment (PINSTACK_SANITIZE, ...); shows what was compiled,
+# fails on any warning, then imports every extension with the command prefix
+# ENV... (env VAR=x ...).
 build_and_install() {
-    local label=$1 log="$WORK/build-$1.log"
-    shift
-    if ! "$PY" -m pip install -v . >"$log" 2>&1; then
+    local label=$1 python=$2 log="$WORK/build-$1.log"
+    shift 2
+    if ! "$python" -m pip install -v . >"$log" 2>&1; then
         tail -n 60 "$log"
         fail "$label build failed (last 60 lines of its log above)"
     fi
@@ -49,7 +59,7 @@ build_and_install() {
         fail "$label build printed compiler warnings (above); the C must build -Wall -Wextra clean"
     fi
     echo "$label build: no compiler warnings"
-    if ! (cd "$WORK" && "$@" "$PY" -c 'import pinstack._core._cache as c; print("built", c.version())'); then
+    if ! (cd "$WORK" && "$@" "$python" -c "$IMPORT_ALL_EXTENSIONS"); then
         fail "$label build does not import (undefined symbol? see above)"
     fi
 }
@@ -73,7 +83,7 @@ PY=$("$PYTHON" -c 'import sys; print(sys.executable)')
 echo "python: $PY ($("$PY" --version))"
 
 section "2/5 release build (pip install -v .)"
-build_and_install release env
+build_and_install release "$PY" env
 
 section "3/5 tests (release build)"
 run_pytest "$PY" -m pytest -q tests --timeout=120
@@ -93,6 +103,10 @@ case "$version_line" in
 esac
 
 section "5/5 sanitizer build (ASan + UBSan + LSan) and tests"
+# A venv that sees the test tools of the main environment but installs its
+# own (instrumented) pinstack, which the harness then runs.
+"$PY" -m venv --system-site-packages "$WORK/sanitizer-venv"
+SAN_PY="$WORK/sanitizer-venv/bin/python"
 SANITIZER_RUNTIME="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 SANITIZER_ENV=(
     LD_PRELOAD="$SANITIZER_RUNTIME"
@@ -101,9 +115,8 @@ SANITIZER_ENV=(
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 )
 export PINSTACK_SANITIZE=1
-build_and_install sanitizer env "${SANITIZER_ENV[@]}"
+build_and_install sanitizer "$SAN_PY" env "${SANITIZER_ENV[@]}"
 unset PINSTACK_SANITIZE
-run_pytest env "${SANITIZER_ENV[@]}" "$PY" -m pytest -q tests --timeout=300 --benchmark-disable
+run_pytest env "${SANITIZER_ENV[@]}" "$SAN_PY" -m pytest -q tests --timeout=300 --benchmark-disable
 
 section "all checks passed"
-echo "note: the sanitizer build is installed now; 'pip install .' restores the release build"

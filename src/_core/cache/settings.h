@@ -29,7 +29,7 @@
 
 typedef struct ps_settings {
     /* ---- network ---- */
-    int port;                    /* -p: TCP port; 0 disables TCP */
+    int port;                    /* -p: TCP port; 0 = an ephemeral port on 127.0.0.1 (tests) */
     int udpport;                 /* -U: accepted for compatibility; UDP is not served, must be 0 */
     char listen_addr[PS_MAX_LISTEN][64]; /* -l: addresses (no port); empty = all (0.0.0.0 + ::) */
     int num_listen;              /* how many listen_addr entries are set */

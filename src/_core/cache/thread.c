@@ -102,6 +102,29 @@ int settings_validate(const ps_settings *s, char *err, size_t errlen) {
     if (s->slab_chunk_max > s->slab_page_size / 2 || s->slab_chunk_max < 1024)
         FAIL("slab_chunk_max must be between 1024 and half the slab page size (%zu)",
              s->slab_page_size / 2);
+    if (s->item_size_max > s->maxbytes / 2)
+        FAIL("Cannot set item size limit higher than 1/2 of memory max.");
+    if (s->slab_chunk_max > s->item_size_max)
+        FAIL("slab_chunk_max (bytes: %zu) cannot be larger than -I (item_size_max %zu)",
+             s->slab_chunk_max, s->item_size_max);
+    if (s->slab_chunk_max && s->item_size_max % s->slab_chunk_max != 0)
+        FAIL("-I (item_size_max: %zu) must be evenly divisible by slab_chunk_max (bytes: %zu)",
+             s->item_size_max, s->slab_chunk_max);
+    if (s->slab_chunk_max && s->slab_page_size % s->slab_chunk_max != 0)
+        FAIL("slab_chunk_max (bytes: %zu) must divide evenly into %zu (slab_page_size)",
+             s->slab_chunk_max, s->slab_page_size);
+    if (s->temp_lru && !s->lru_maintainer)
+        FAIL("temporary_ttl requires lru_maintainer to be enabled");
+    if (s->temporary_ttl < 0)
+        FAIL("temporary_ttl must be >= 0");
+    if (s->tail_repair_time != 0 && s->tail_repair_time < 10)
+        FAIL("Cannot set tail_repair_time to less than 10 seconds");
+    if (s->lru_crawler_sleep < 0 || s->lru_crawler_sleep > 1000000)
+        FAIL("LRU crawler sleep must be between 0 and 1 second");
+    if (s->slab_automove_ratio < 0.0 || s->slab_automove_ratio > 1.0)
+        FAIL("slab_automove_ratio must be between 0 and 1");
+    if (s->slab_automove_window < 1)
+        FAIL("slab_automove_window must be at least 1");
     if (s->maxbytes / s->slab_page_size < 1)
         FAIL("memory limit must be at least one slab page (1 MiB)");
     if (s->hashpower_init < 12 || s->hashpower_init > 32)

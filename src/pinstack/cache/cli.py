@@ -4,8 +4,7 @@ This module only translates: argv -> a settings dict (the ps_settings field
 names of src/_core/cache/settings.h) -> pinstack._core._cache.run(). Every
 default comes from the engine (settings_init_defaults) and range rules are
 the engine's (settings_validate, called before anything starts); Python
-checks only what it parses (numbers, sizes, addresses, names) plus the few
-memcached rules the engine does not check yet (_memcached_only_rules), so:
+checks only what it parses (numbers, sizes, addresses, names), so:
 
     bad flag or value    one line on stderr, exit 64 (EX_USAGE)
     cannot start         the engine's message (e.g. "failed to listen on TCP
@@ -323,49 +322,14 @@ def parse_command_line(argv: list[str]) -> Invocation:
         _cache.validate(s)  # the engine's rules: the one place they live
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    _memcached_only_rules(s, state)
+    _memcached_defaults(s, state)
     return Invocation(settings=s, pidfile=args.pidfile, user=args.user)
 
 
-def _memcached_only_rules(s: dict, state: dict) -> None:
-    """memcached's command-line rules that settings_validate() lacks, in its words.
-
-    These belong in the engine (settings_validate in thread.c), so the
-    engine and the CLI cannot disagree; each moves there and leaves here.
-    """
-    item_max = s["item_size_max"]
-    if item_max > s["maxbytes"] // 2:
-        raise UsageError("Cannot set item size limit higher than 1/2 of memory max.")
-    if item_max > MIB and not state["slab_chunk_max_changed"]:
+def _memcached_defaults(s: dict, state: dict) -> None:
+    """memcached's defaulting that depends on other flags (validation is C's)."""
+    if s["item_size_max"] > MIB and not state["slab_chunk_max_changed"]:
         s["slab_chunk_max"] = s["slab_page_size"] // 2
-    chunk_max = s["slab_chunk_max"]
-    if chunk_max > item_max:
-        raise UsageError(
-            f"slab_chunk_max (bytes: {chunk_max}) cannot be larger than "
-            f"-I (item_size_max {item_max})"
-        )
-    if item_max % chunk_max != 0:
-        raise UsageError(
-            f"-I (item_size_max: {item_max}) must be evenly divisible by "
-            f"slab_chunk_max (bytes: {chunk_max})"
-        )
-    if s["slab_page_size"] % chunk_max != 0:
-        raise UsageError(
-            f"slab_chunk_max (bytes: {chunk_max}) must divide evenly into "
-            f"{s['slab_page_size']} (slab_page_size)"
-        )
-    if s["temp_lru"] and not s["lru_maintainer"]:
-        raise UsageError("temporary_ttl requires lru_maintainer to be enabled")
-    if s["tail_repair_time"] != 0 and s["tail_repair_time"] < 10:
-        raise UsageError("Cannot set tail_repair_time to less than 10 seconds")
-    if not 0 <= s["lru_crawler_sleep"] <= 1_000_000:
-        raise UsageError("LRU crawler sleep must be between 0 and 1 second")
-    if not 0.0 <= s["slab_automove_ratio"] <= 1.0:
-        raise UsageError("slab_automove_ratio must be between 0 and 1")
-    if s["slab_automove_window"] < 1:
-        raise UsageError("slab_automove_window must be at least 1")
-    if s["temporary_ttl"] < 0:
-        raise UsageError("temporary_ttl must be >= 0")
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
