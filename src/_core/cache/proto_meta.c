@@ -43,22 +43,23 @@
  * we always do, because any stale hit sets ITEM_TOKEN_SENT, and the cost
  * is the lock item_get() takes anyway. The LRU bump still happens where
  * memcached does it: inside the lookup, or after the answer is built when
- * one of N T R l h is given (so h and l report the state before the read). References from
- * do_item_get()/item_alloc() are dropped with item_release() only after
- * item_unlock(); an mg that returns the value hands its reference to the
- * resp instead (resp_set_item). ms follows the text set path: the item
- * belongs to conn_read_value() and then to meta_value_done(), which
- * releases it after storing.
+ * one of N T R l h is given (so h and l report the state before the read).
+ * References from do_item_get()/item_alloc() are dropped with
+ * item_release() only after item_unlock(); an mg that returns the value
+ * hands its reference to the resp instead (resp_set_item). ms follows the
+ * text set path: the item belongs to conn_read_value() and then to
+ * meta_value_done(), which releases it after storing.
  *
- * STATS this file counts: mg hit: get_cmds, the class's get_hits and
- * lru_hits_<segment>, or with T: touch_cmds and the class's touch_hits; mg
- * miss: get_cmds and get_misses (an autovivified miss counts as a hit);
- * ms: store_too_large / store_no_memory on allocation failure, set_cmds of
- * the class for a value without "\r\n"; md: the class's delete_hits (not
- * for I) / delete_misses (miss or CAS mismatch); ma: incr_misses or
- * decr_misses on a miss without N; me: meta_cmds (memcached 1.6.18 counts
- * no other meta command in cmd_meta). The engine counts the rest
- * (proto_needs.h).
+ * STATS this file counts: mg hit: get_cmds and the class's get_hits, or
+ * with T: touch_cmds and the class's touch_hits; mg miss: get_cmds and
+ * get_misses (an autovivified miss counts as a hit); ms: store_too_large /
+ * store_no_memory on allocation failure, set_cmds of the class for a value
+ * without "\r\n"; md: the class's delete_hits (not for I) / delete_misses
+ * (miss or CAS mismatch); ma: incr_misses or decr_misses on a miss without
+ * N; me: meta_cmds (memcached 1.6.18 counts no other meta command in
+ * cmd_meta). The engine counts the rest (items.h, "WHO COUNTS WHAT"); an
+ * item created by mg N / ma N is linked directly, so it is not a cmd_set,
+ * as in memcached.
  *
  * DELIBERATE DIFFERENCES FROM MEMCACHED 1.6.18.
  *   - An item created by mg N or ma N for a base64 key ("b") is marked
@@ -787,11 +788,16 @@ static void process_marithmetic(conn *c, proto_tokens *t) {
             }
             if (of.key_binary)
                 item_flags_set(fresh, ITEM_KEY_BINARY);
-            if (n == 1 && do_item_store(fresh, STORE_ADD, hv, &cas) == STORED) {
+            if (n == 1) {
+                /* the lookup above missed under this same lock, so this is
+                 * an add; linking directly also keeps it out of cmd_set, as
+                 * in memcached */
+                do_item_link(fresh, hv);
+                cas = fresh->cas;
                 created = true;
                 cur = fresh;
             } else {
-                code = "NS";
+                code = "NS";             /* cannot happen: 22 bytes at most */
             }
             it = fresh;                  /* our reference, released below */
         }
@@ -901,7 +907,7 @@ static void process_meta_debug(conn *c, proto_tokens *t) {
     pl_add(&l, " cls=", 5);
     pl_u64(&l, ITEM_CLSID(it));
     pl_add(&l, " size=", 6);
-    pl_u64(&l, ITEM_ntotal_small(it->nkey, it->nbytes));
+    pl_u64(&l, item_ntotal(it));
     item_release(it);
     emit_line(c, &l, false);
 }

@@ -72,6 +72,9 @@
  *     ("ERROR").
  *   - "lru tune" rejects percentages whose sum exceeds 80 even when the
  *     32-bit sum would wrap (memcached accepts "lru tune 4294967295 2 ...").
+ *   - "stats cachedump", "slabs automove ratio" and "lru tune" need engine
+ *     calls declared weak in proto_needs.h; until the engine defines them
+ *     they answer "CLIENT_ERROR stats cachedump not allowed" / "ERROR".
  */
 #include <errno.h>
 #include <limits.h>
@@ -510,7 +513,7 @@ static char *prefix_dump(size_t *len) {
             int n = snprintf(buf + pos, cap - pos, line_fmt, ps->name,
                              (unsigned long long)ps->gets, (unsigned long long)ps->hits,
                              (unsigned long long)ps->sets, (unsigned long long)ps->deletes);
-            if (n > 0)
+            if (n > 0 && (size_t)n < cap - pos)     /* always: cap is generous */
                 pos += (size_t)n;
         }
     }
@@ -648,8 +651,7 @@ static void process_stats(conn *c, const proto_tokens *t) {
     }
     const proto_token *sub = &t->tok[1];
     if (proto_tok_eq(sub, "reset")) {
-        stats_reset();
-        items_stats_reset();
+        stats_reset();                  /* items' counters too */
         prefix_clear();
         out_string(c, "RESET");
     } else if (proto_tok_eq(sub, "detail")) {
@@ -1057,14 +1059,16 @@ static void process_slabs(conn *c, const proto_tokens *t) {
             out_string(c, "CLIENT_ERROR bad command line format");
             return;
         }
+        const char *answer;
         switch (slabs_reassign(src, dst)) {
-        case REASSIGN_OK:           out_string(c, "OK"); break;
-        case REASSIGN_RUNNING:      out_string(c, "BUSY currently processing reassign request"); break;
-        case REASSIGN_BADCLASS:     out_string(c, "BADCLASS invalid src or dst class id"); break;
-        case REASSIGN_NOSPARE:      out_string(c, "NOSPARE source class has no spare pages"); break;
-        case REASSIGN_SRC_DST_SAME: out_string(c, "SAME src and dst class are identical"); break;
-        default:                    out_string(c, "ERROR"); break;
+        case REASSIGN_OK:           answer = "OK"; break;
+        case REASSIGN_RUNNING:      answer = "BUSY currently processing reassign request"; break;
+        case REASSIGN_BADCLASS:     answer = "BADCLASS invalid src or dst class id"; break;
+        case REASSIGN_NOSPARE:      answer = "NOSPARE source class has no spare pages"; break;
+        case REASSIGN_SRC_DST_SAME: answer = "SAME src and dst class are identical"; break;
+        default:                    answer = "ERROR"; break;
         }
+        out_string(c, answer);
     } else if (t->nwords >= 3 && proto_tok_eq(&t->tok[1], "automove")) {
         process_slabs_automove(c, t);
     } else {

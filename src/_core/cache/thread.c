@@ -102,6 +102,8 @@ int settings_validate(const ps_settings *s, char *err, size_t errlen) {
     if (s->slab_chunk_max > s->slab_page_size / 2 || s->slab_chunk_max < 1024)
         FAIL("slab_chunk_max must be between 1024 and half the slab page size (%zu)",
              s->slab_page_size / 2);
+    if (s->maxbytes / s->slab_page_size < 1)
+        FAIL("memory limit must be at least one slab page (1 MiB)");
     if (s->item_size_max > s->maxbytes / 2)
         FAIL("Cannot set item size limit higher than 1/2 of memory max.");
     if (s->slab_chunk_max > s->item_size_max)
@@ -125,8 +127,6 @@ int settings_validate(const ps_settings *s, char *err, size_t errlen) {
         FAIL("slab_automove_ratio must be between 0 and 1");
     if (s->slab_automove_window < 1)
         FAIL("slab_automove_window must be at least 1");
-    if (s->maxbytes / s->slab_page_size < 1)
-        FAIL("memory limit must be at least one slab page (1 MiB)");
     if (s->hashpower_init < 12 || s->hashpower_init > 32)
         FAIL("hashpower must be between 12 and 32");
     if (s->hot_lru_pct < 1 || s->hot_lru_pct >= 80)
