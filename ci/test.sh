@@ -5,7 +5,8 @@
 #   2. release build             pip install -v .; any compiler warning fails
 #   3. tests                     pytest tests (benchmarks deselected)
 #   4. wheel in a clean venv     pip wheel, fresh venv, pinstack-cache --version
-#   5. sanitizer build + tests   PINSTACK_SANITIZE=1, ASan+UBSan+LSan, in a
+#   5. sanitizer build + tests   PINSTACK_SANITIZE=1, ASan+UBSan+LSan
+#   6. C engine tests            tests/c: optimised, ASan+UBSan, ThreadSanitizer, in a
 #                                venv of its own: the release build stays the
 #                                installed one
 #
@@ -75,20 +76,20 @@ run_pytest() {
     fi
 }
 
-section "1/5 install dependencies"
+section "1/6 install dependencies"
 bash ci/install-deps.sh
 # The real interpreter, not a pyenv shim: a shim is a bash script, and the
 # sanitizer's LD_PRELOAD below must reach Python only.
 PY=$("$PYTHON" -c 'import sys; print(sys.executable)')
 echo "python: $PY ($("$PY" --version))"
 
-section "2/5 release build (pip install -v .)"
+section "2/6 release build (pip install -v .)"
 build_and_install release "$PY" env
 
-section "3/5 tests (release build)"
+section "3/6 tests (release build)"
 run_pytest "$PY" -m pytest -q tests --timeout=120
 
-section "4/5 wheel installed into a fresh venv"
+section "4/6 wheel installed into a fresh venv"
 rm -f dist/pinstack-*.whl
 "$PY" -m pip wheel . -w dist --no-deps -q
 ls -l dist/pinstack-*.whl
@@ -102,21 +103,49 @@ case "$version_line" in
     *) fail "the venv's pinstack-cache --version printed '$version_line', expected '$expected ...'" ;;
 esac
 
-section "5/5 sanitizer build (ASan + UBSan + LSan) and tests"
+section "5/6 sanitizer build (ASan + UBSan + LSan) and tests"
 # A venv that sees the test tools of the main environment but installs its
 # own (instrumented) pinstack, which the harness then runs.
 "$PY" -m venv --system-site-packages "$WORK/sanitizer-venv"
 SAN_PY="$WORK/sanitizer-venv/bin/python"
 SANITIZER_RUNTIME="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+# Reports go to files as well as being fatal: a report from code running
+# inside pytest's own process would otherwise vanish into its capture.
+SAN_LOGS="$WORK/sanitizer-logs"
+mkdir -p "$SAN_LOGS"
 SANITIZER_ENV=(
     LD_PRELOAD="$SANITIZER_RUNTIME"
-    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$SAN_LOGS/asan"
     LSAN_OPTIONS="suppressions=$ROOT/ci/lsan.supp:print_suppressions=0"
-    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$SAN_LOGS/ubsan"
 )
+show_sanitizer_reports() {
+    if compgen -G "$SAN_LOGS/*" >/dev/null; then
+        printf '\n---------- sanitizer reports ----------\n'
+        for f in "$SAN_LOGS"/*; do
+            echo "== $f"
+            cat "$f"
+        done
+        return 0
+    fi
+    return 1
+}
 export PINSTACK_SANITIZE=1
 build_and_install sanitizer "$SAN_PY" env "${SANITIZER_ENV[@]}"
 unset PINSTACK_SANITIZE
-run_pytest env "${SANITIZER_ENV[@]}" "$SAN_PY" -m pytest -q tests --timeout=300 --benchmark-disable
+# PINSTACK_SANITIZE=1 tells tests that measure resident memory to skip
+# that assertion (ASan's shadow memory inflates it).
+if ! (run_pytest env "${SANITIZER_ENV[@]}" PINSTACK_SANITIZE=1 \
+        "$SAN_PY" -m pytest -q tests --timeout=300 --benchmark-disable); then
+    show_sanitizer_reports || true
+    fail "tests failed under the sanitizers"
+fi
+if show_sanitizer_reports; then
+    fail "sanitizer reports (above) although every test passed"
+fi
+
+section "6/6 C storage engine tests (optimised, ASan+UBSan, ThreadSanitizer)"
+make -C tests/c clean >/dev/null
+make -C tests/c test || fail "C storage engine tests (tests/c) failed"
 
 section "all checks passed"

@@ -10,7 +10,7 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
-from helpers import MemcacheConn, free_port, wait_for_port
+from helpers import MemcacheConn, clean_env, free_port, wait_for_port
 
 
 def _client(server, **kw):
@@ -104,7 +104,7 @@ def test_hashclient_spreads_keys_over_three_servers(cache_server):
 def test_memccapable_ascii_passes(cache_server):
     srv = cache_server()
     out = subprocess.run(["memccapable", "-a", "-h", "127.0.0.1", "-p", str(srv.port), "-t", "10"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=clean_env())
     assert "All tests passed" in out.stdout, out.stdout + out.stderr
     assert "[FAIL]" not in out.stdout
     assert out.returncode == 0
@@ -115,12 +115,12 @@ def test_libmemcached_tools(cache_server, tmp_path):
     target = f"127.0.0.1:{srv.port}"
     payload = tmp_path / "payload.bin"
     payload.write_bytes(b"pinstack says hello\n" * 100)
-    subprocess.run(["memccp", f"--servers={target}", str(payload)], check=True, timeout=30)
+    subprocess.run(["memccp", f"--servers={target}", str(payload)], check=True, timeout=30, env=clean_env())
     got = subprocess.run(["memccat", f"--servers={target}", "payload.bin"],
-                         capture_output=True, check=True, timeout=30)
+                         capture_output=True, check=True, timeout=30, env=clean_env())
     assert got.stdout == payload.read_bytes() + b"\n"     # memccat ends with a newline
     st = subprocess.run(["memcstat", f"--servers={target}"], capture_output=True, text=True,
-                        check=True, timeout=30)
+                        check=True, timeout=30, env=clean_env())
     assert "curr_items: 1" in st.stdout
     assert "cmd_set: 1" in st.stdout
 
@@ -142,7 +142,7 @@ def test_twemproxy_routes_over_three_servers(cache_server, tmp_path):
         + "".join(f"   - 127.0.0.1:{s.port}:1\n" for s in servers)
     )
     proc = subprocess.Popen(["nutcracker", "-c", str(conf), "-s", str(free_port())],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
     try:
         wait_for_port(proxy_port, proc, timeout=10)
         pc = Client(("127.0.0.1", proxy_port), connect_timeout=5, timeout=10)
