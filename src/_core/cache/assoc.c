@@ -46,6 +46,7 @@
  */
 #define _GNU_SOURCE
 #include "assoc.h"
+#include "common/ps_thread.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -221,14 +222,7 @@ static void *expander_main(void *arg) {
     pthread_mutex_lock(&expand_lock);
     while (!expand_stop) {
         if (!expand_wanted) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_nsec += 100 * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&expand_cond, &expand_lock, &ts);
+            ps_cond_wait_us(&expand_cond, &expand_lock, 100 * 1000);
             continue;
         }
         pthread_mutex_unlock(&expand_lock);
@@ -243,11 +237,7 @@ static void *expander_main(void *arg) {
 }
 
 int assoc_threads_start(void) {
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&expand_cond, &attr);
-    pthread_condattr_destroy(&attr);
+    ps_cond_init_monotonic(&expand_cond);
     pthread_mutex_lock(&expand_lock);
     expand_stop = false;
     pthread_mutex_unlock(&expand_lock);

@@ -73,6 +73,7 @@
  */
 #define _GNU_SOURCE
 #include "items.h"
+#include "common/ps_thread.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -277,14 +278,6 @@ uint64_t item_next_cas(void) {
 /* ------------------------------------------------------------------ */
 /* init / cleanup */
 
-static void cond_init_monotonic(pthread_cond_t *c) {
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(c, &attr);
-    pthread_condattr_destroy(&attr);
-}
-
 int items_init(void) {
     /* memcached sizes the lock table by thread count; never more locks
      * than initial buckets, so one lock covers whole buckets */
@@ -306,9 +299,9 @@ int items_init(void) {
     if (!lru_locks_ready) {
         for (int i = 0; i < LRU_IDS; i++)
             pthread_mutex_init(&lru_locks[i], NULL);
-        cond_init_monotonic(&clock_cond);
-        cond_init_monotonic(&maint_cond);
-        cond_init_monotonic(&crawler_cond);
+        ps_cond_init_monotonic(&clock_cond);
+        ps_cond_init_monotonic(&maint_cond);
+        ps_cond_init_monotonic(&crawler_cond);
         lru_locks_ready = true;
     }
     memset(heads, 0, sizeof(heads));
@@ -1350,15 +1343,7 @@ void items_test_maintain_once(void) {
 
 /* timed wait on cond (threads_lock held) for usec microseconds */
 static void timed_wait(pthread_cond_t *cond, long usec) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += usec / 1000000;
-    ts.tv_nsec += (usec % 1000000) * 1000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(cond, &threads_lock, &ts);
+    ps_cond_wait_us(cond, &threads_lock, usec);
 }
 
 static void *maintainer_main(void *arg) {

@@ -86,6 +86,7 @@
  */
 #define _GNU_SOURCE
 #include "slabs.h"
+#include "common/ps_thread.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -788,13 +789,8 @@ static void mover_finish(void) {
 
 /* Wait up to ms milliseconds on cond (rebal_lock held); false if stopping. */
 static bool rebal_wait(pthread_cond_t *cond, long ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
     if (!stop_threads)
-        pthread_cond_timedwait(cond, &rebal_lock, &ts);
+        ps_cond_wait_us(cond, &rebal_lock, ms * 1000);
     return !stop_threads;
 }
 
@@ -987,17 +983,9 @@ static void *automover_main(void *arg) {
 /* ------------------------------------------------------------------ */
 /* thread control */
 
-static void cond_init_monotonic(pthread_cond_t *c) {
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(c, &attr);
-    pthread_condattr_destroy(&attr);
-}
-
 int slabs_threads_start(void) {
-    cond_init_monotonic(&rebal_cond);
-    cond_init_monotonic(&automove_cond);
+    ps_cond_init_monotonic(&rebal_cond);
+    ps_cond_init_monotonic(&automove_cond);
     pthread_mutex_lock(&rebal_lock);
     stop_threads = false;
     rebal_requested = false;

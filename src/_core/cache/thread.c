@@ -513,13 +513,8 @@ static int raise_nofile(char *err, size_t errlen) {
     return 0;
 }
 
-static void undo_start(void) {
-    if (engine_threads_started) {
-        slabs_threads_stop();
-        assoc_threads_stop();
-        items_threads_stop();
-        engine_threads_started = false;
-    }
+/* Free what cache_server_start() allocated; no server thread may run. */
+static void release_resources(void) {
     workers_destroy();
     close_listeners();
     if (stop_efd >= 0) {
@@ -530,6 +525,17 @@ static void undo_start(void) {
     assoc_cleanup();
     slabs_cleanup();
     stats_cleanup();
+}
+
+/* A start that failed half way: stop what runs, free what was made. */
+static void undo_start(void) {
+    if (engine_threads_started) {
+        slabs_threads_stop();
+        assoc_threads_stop();
+        items_threads_stop();
+        engine_threads_started = false;
+    }
+    release_resources();
 }
 
 int cache_server_start(const ps_settings *s, char *err, size_t errlen) {
@@ -656,14 +662,6 @@ void cache_server_cleanup(void) {
         while (!cache_server_wait(1000)) {
         }
     }
-    workers_destroy();
-    if (stop_efd >= 0) {
-        close(stop_efd);
-        stop_efd = -1;
-    }
-    items_cleanup();
-    assoc_cleanup();
-    slabs_cleanup();
-    stats_cleanup();
+    release_resources();
     running = false;
 }
