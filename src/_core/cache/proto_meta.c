@@ -81,7 +81,6 @@
 #include "assoc.h"
 #include "stats.h"
 #include "settings.h"
-#include "proto_needs.h"
 
 /* ====================================================================== */
 /* flag preparse                                                          */
@@ -438,14 +437,15 @@ typedef struct {
 
 _Static_assert(sizeof(meta_store_state) <= CONN_PROTO_STATE, "proto_state too small");
 
-/* ms ... C<cas> I: a CAS compare that also accepts a CAS *older* than the
- * stored one; the new value then keeps the old TTL, is marked stale and
- * keeps the old item's token-sent mark (memcached's set_stale store). */
+/* ms ... C<cas> I: a CAS compare that also accepts a nonzero CAS *older*
+ * than the stored one; the new value then keeps the old TTL, is marked
+ * stale and keeps the old item's token-sent mark (memcached's set_stale
+ * store; C0 compares as "no CAS", which a CAS store answers EX). */
 static store_result store_stale_cas(item *it, uint64_t *cas_out) {
     uint32_t hv = item_hash(ITEM_key(it), it->nkey);
     item_lock(hv);
     item *old = do_item_get(ITEM_key(it), it->nkey, hv, false);
-    if (old != NULL && it->cas < old->cas) {
+    if (old != NULL && it->cas != 0 && it->cas < old->cas) {
         proto_set_exptime(it, proto_exptime(old));
         item_flags_set(it, (uint16_t)(ITEM_STALE | (item_flags(old) & ITEM_TOKEN_SENT)));
         it->cas = old->cas;              /* so the compare succeeds */

@@ -72,9 +72,6 @@
  *     ("ERROR").
  *   - "lru tune" rejects percentages whose sum exceeds 80 even when the
  *     32-bit sum would wrap (memcached accepts "lru tune 4294967295 2 ...").
- *   - "stats cachedump", "slabs automove ratio" and "lru tune" need engine
- *     calls declared weak in proto_needs.h; until the engine defines them
- *     they answer "CLIENT_ERROR stats cachedump not allowed" / "ERROR".
  */
 #include <errno.h>
 #include <limits.h>
@@ -93,7 +90,6 @@
 #include "stats.h"
 #include "settings.h"
 #include "server.h"
-#include "proto_needs.h"
 
 /* ====================================================================== */
 /* tokeniser                                                              */
@@ -440,6 +436,10 @@ static inline bool detail_on(void) {
     return atomic_load_explicit(&detail_enabled, memory_order_relaxed);
 }
 
+bool proto_stats_detail_enabled(void) {
+    return detail_on();
+}
+
 /* Caller holds prefix_lock. NULL when the key has no prefix, the table is
  * full, or memory ran out (the event is then simply not counted). */
 static prefix_stats *prefix_find(const char *key, size_t nkey) {
@@ -630,10 +630,6 @@ static void process_stats_cachedump(conn *c, const proto_tokens *t) {
     }
     if (clsid >= PS_MAX_SLAB_CLASSES) {
         out_string(c, "CLIENT_ERROR Illegal slab id");
-        return;
-    }
-    if (item_cachedump == NULL) {       /* weak: not provided by the engine */
-        out_string(c, "CLIENT_ERROR stats cachedump not allowed");
         return;
     }
     size_t len = 0;
@@ -1026,8 +1022,7 @@ static void process_slabs_automove(conn *c, const proto_tokens *t) {
     set_noreply_maybe(c, t);
     if (proto_tok_eq(&t->tok[2], "ratio")) {
         double ratio;
-        if (t->nwords < 4 || !proto_strtod(t->tok[3].value, t->tok[3].length, &ratio) ||
-            slabs_set_automove_ratio == NULL) {
+        if (t->nwords < 4 || !proto_strtod(t->tok[3].value, t->tok[3].length, &ratio)) {
             out_string(c, "ERROR");
             return;
         }
@@ -1193,8 +1188,6 @@ static void process_lru(conn *c, const proto_tokens *t) {
             out_string(c, "ERROR hot and warm pcts must not exceed 80");
         } else if (warm_factor <= 0 || hot_factor <= 0) {
             out_string(c, "ERROR hot/warm age factors must be greater than 0");
-        } else if (lru_set_tune == NULL) {
-            out_string(c, "ERROR");
         } else {
             lru_set_tune(hot_pct, warm_pct, hot_factor, warm_factor);
             out_string(c, "OK");

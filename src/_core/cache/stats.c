@@ -227,7 +227,7 @@ void stats_settings(add_stat_fn add, void *ctx) {
     stats_appendf(add, ctx, "num_threads", "%d", s->num_threads);
     stats_appendf(add, ctx, "num_threads_per_udp", "%d", s->num_threads);
     stats_appendf(add, ctx, "stat_key_prefix", "%c", ':');
-    stats_appendf(add, ctx, "detail_enabled", "%s", "no");
+    stats_appendf(add, ctx, "detail_enabled", "%s", proto_stats_detail_enabled() ? "yes" : "no");
     stats_appendf(add, ctx, "reqs_per_event", "%d", s->reqs_per_event);
     stats_appendf(add, ctx, "cas_enabled", "%s", s->use_cas ? "yes" : "no");
     stats_appendf(add, ctx, "tcp_backlog", "%d", s->backlog);
