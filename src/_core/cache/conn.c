@@ -38,6 +38,10 @@
  * referenced by resps are released when the resp is freed: after its
  * last byte is written, or at close.
  *
+ * TRANSPORT. All socket I/O goes through c->tr (conn.h): plain TCP now,
+ * TLS next, with the same EAGAIN contract, so the state machine above
+ * does not change when the transport does.
+ *
  * THREADS. Everything here runs on the conn's owning worker thread. The
  * only cross-thread reads are "stats conns" (state, last_cmd_time:
  * relaxed atomics, walked under the owner's conns_lock).
@@ -68,6 +72,36 @@ static inline uint32_t now_rel(void) {
 static inline void set_state(conn *c, enum conn_state s) {
     atomic_store_explicit(&c->state, s, memory_order_relaxed);
 }
+
+/* ------------------------------------------------------------------ */
+/* the plain TCP transport */
+
+static ssize_t tcp_recv(conn *c, void *buf, size_t len) {
+    return recv(c->sfd, buf, len, 0);
+}
+
+static ssize_t tcp_readv(conn *c, const struct iovec *iov, int iovcnt) {
+    return readv(c->sfd, iov, iovcnt);
+}
+
+static ssize_t tcp_writev(conn *c, const struct iovec *iov, int iovcnt) {
+    struct msghdr msg = {0};
+    msg.msg_iov = (struct iovec *)iov;
+    msg.msg_iovlen = (size_t)iovcnt;
+    return sendmsg(c->sfd, &msg, MSG_NOSIGNAL);   /* no SIGPIPE on a dead peer */
+}
+
+static void tcp_close(conn *c) {
+    close(c->sfd);
+}
+
+const conn_transport conn_transport_tcp = {
+    .name = "tcp",
+    .recv = tcp_recv,
+    .readv = tcp_readv,
+    .writev = tcp_writev,
+    .close = tcp_close,
+};
 
 /* ------------------------------------------------------------------ */
 /* read buffers */
@@ -380,10 +414,7 @@ static int conn_flush(conn *c) {
         for (int i = first; i < n; i++)
             sendable += vec[i].iov_len;
 
-        struct msghdr msg = {0};
-        msg.msg_iov = vec + first;
-        msg.msg_iovlen = (size_t)(n - first);
-        ssize_t w = sendable ? sendmsg(c->sfd, &msg, MSG_NOSIGNAL) : 0;
+        ssize_t w = sendable ? c->tr->writev(c, vec + first, n - first) : 0;
         int err = errno;
         if (vec != stack)
             free(vec);
@@ -529,7 +560,7 @@ static ssize_t read_value_direct(conn *c) {
         cnt = 1024;
     ssize_t r;
     do {
-        r = readv(c->sfd, v + first, cnt);
+        r = c->tr->readv(c, v + first, cnt);
     } while (r < 0 && errno == EINTR);
     free(big);
     if (r < 0)
@@ -651,7 +682,7 @@ void conn_run(conn *c) {
         if (!rbuf_make_room(c, cap))
             goto close;             /* a line longer than we will hold */
         do {
-            n = recv(c->sfd, c->rbuf + c->rbytes, c->rsize - c->rbytes, 0);
+            n = c->tr->recv(c, c->rbuf + c->rbytes, c->rsize - c->rbytes);
         } while (n < 0 && errno == EINTR);
         if (n > 0) {
             c->rbytes += (size_t)n;
@@ -683,6 +714,7 @@ conn *conn_new(worker *w, const pending_fd *pfd) {
     }
     c->sfd = pfd->fd;
     c->worker = w;
+    c->tr = &conn_transport_tcp;
     snprintf(c->peer, sizeof(c->peer), "%s", pfd->peer);
     snprintf(c->local, sizeof(c->local), "%s", pfd->local);
     atomic_store_explicit(&c->last_cmd_time, now_rel(), memory_order_relaxed);
@@ -709,7 +741,7 @@ void conn_close(conn *c) {
     worker *w = c->worker;
     c->closed = true;
     set_state(c, conn_closing);
-    close(c->sfd);
+    c->tr->close(c);
     if (c->ritem) {
         item_release(c->ritem);
         c->ritem = NULL;

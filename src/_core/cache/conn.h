@@ -34,6 +34,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 #include "items.h"
 
@@ -54,6 +55,19 @@ typedef struct mc_resp {
 typedef struct conn conn;
 struct worker;
 
+/* How bytes move for a conn. Plain TCP is the one implementation today;
+ * TLS (OpenSSL, later kTLS) plugs in here without touching the state
+ * machine: each call behaves like its syscall (bytes moved, 0 at EOF for
+ * reads, -1 with errno, EAGAIN meaning "wait for the socket"). */
+typedef struct conn_transport {
+    const char *name;                                       /* "tcp", "tls" */
+    ssize_t (*recv)(conn *c, void *buf, size_t len);
+    ssize_t (*readv)(conn *c, const struct iovec *iov, int iovcnt);
+    ssize_t (*writev)(conn *c, const struct iovec *iov, int iovcnt);
+    void (*close)(conn *c);
+} conn_transport;
+extern const conn_transport conn_transport_tcp;
+
 /* Called when conn_read_value() has read every byte. `ok` is true when
  * the value ends with "\r\n". The callback owns the item reference. */
 typedef void (*conn_value_cb)(conn *c, item *it, bool ok);
@@ -67,6 +81,8 @@ enum conn_state {
 struct conn {
     int sfd;
     struct worker *worker;       /* owning worker thread */
+    const conn_transport *tr;    /* how bytes move (plain TCP for now) */
+    void *tr_state;              /* the transport's per-conn state (TLS session) */
     /* read side */
     char *rbuf;                  /* buffer start */
     char *rcurr;                 /* next unparsed byte */
