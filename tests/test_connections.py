@@ -197,3 +197,18 @@ def test_garbage_from_many_clients_keeps_server_alive(cache_server):
             except (socket.timeout, ConnectionResetError, BrokenPipeError):
                 pass
     assert _set_get_ok(srv.port)
+
+
+def test_vv_traces_commands_and_answers(cache_server):
+    srv = cache_server("-vv")
+    with _conn(srv.port) as c:
+        assert c.call(b"set traced 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        assert c.call(b"delete nothing\r\n") == b"NOT_FOUND\r\n"
+    deadline = time.time() + 5
+    while "connection closed" not in srv.stderr_text() and time.time() < deadline:
+        time.sleep(0.05)
+    log = srv.stderr_text()
+    assert "new client connection" in log
+    assert "set traced 0 0 1" in log
+    assert "STORED" in log and "NOT_FOUND" in log
+    assert "connection closed." in log

@@ -69,6 +69,11 @@ static inline uint32_t now_rel(void) {
     return atomic_load_explicit(&current_time, memory_order_relaxed);
 }
 
+/* -vv traces commands and status lines on stderr, as memcached does. */
+static inline bool tracing(void) {
+    return atomic_load_explicit(&settings.verbose, memory_order_relaxed) > 1;
+}
+
 static inline void set_state(conn *c, enum conn_state s) {
     atomic_store_explicit(&c->state, s, memory_order_relaxed);
 }
@@ -269,6 +274,8 @@ void resp_set_heap(mc_resp *r, char *buf, size_t len) {
 }
 
 static void out_common(conn *c, const char *str, bool skip) {
+    if (tracing())
+        fprintf(stderr, ">%d %s\n", c->sfd, str);
     mc_resp *r = resp_new(c);
     if (!r) {
         c->close_now = true;
@@ -618,6 +625,8 @@ static bool process_commands(conn *c, int *budget) {
             len--;
         line[len] = '\0';
         set_state(c, conn_parse_cmd);
+        if (tracing())
+            fprintf(stderr, "<%d %.*s\n", c->sfd, (int)(len > 1024 ? 1024 : len), line);
         atomic_store_explicit(&c->last_cmd_time, now_rel(), memory_order_relaxed);
         c->noreply = false;
         proto_process_line(c, line, len);
@@ -719,6 +728,8 @@ conn *conn_new(worker *w, const pending_fd *pfd) {
     snprintf(c->local, sizeof(c->local), "%s", pfd->local);
     atomic_store_explicit(&c->last_cmd_time, now_rel(), memory_order_relaxed);
     set_state(c, conn_new_cmd);
+    if (tracing())
+        fprintf(stderr, "<%d new client connection from %s\n", c->sfd, c->peer);
 
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->sfd, &ev) != 0) {
@@ -741,6 +752,8 @@ void conn_close(conn *c) {
     worker *w = c->worker;
     c->closed = true;
     set_state(c, conn_closing);
+    if (tracing())
+        fprintf(stderr, "<%d connection closed.\n", c->sfd);
     c->tr->close(c);
     if (c->ritem) {
         item_release(c->ritem);

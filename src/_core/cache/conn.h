@@ -155,7 +155,5 @@ void conns_stats(add_stat_fn add, void *ctx);   /* "stats conns" */
  * protocol may modify its bytes (tokenising). Implemented in proto_text.c,
  * which hands meta commands to proto_meta.c. */
 void proto_process_line(conn *c, char *line, size_t len);
-/* Whether "stats detail on" is in force ("stats settings" shows it). */
-bool proto_stats_detail_enabled(void);
 
 #endif

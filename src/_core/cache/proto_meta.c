@@ -626,27 +626,36 @@ error:
 /* md                                                                     */
 /* ====================================================================== */
 
-static void process_mdelete(conn *c, proto_tokens *t) {
+/* The opening checks md and ma share, in memcached's words for both (mg
+ * and ms word and order theirs differently). Parses the flags into *of;
+ * false when the command was already answered. */
+static bool meta_open_md_ma(conn *c, proto_tokens *t, meta_flags *of) {
     const char *errstr = ERR_FORMAT;
-    meta_flags of = {0};
-
     if (proto_ntokens(t) < 3) {
         out_string(c, "ERROR");
-        return;
+        return false;
     }
     if (t->tok[1].length > PS_KEY_MAX_LENGTH) {
         out_string(c, ERR_FORMAT);
-        return;
+        return false;
     }
     if (proto_ntokens(t) > PROTO_META_MAX_TOKENS) {
         out_string(c, "CLIENT_ERROR options flags too long");
-        return;
+        return false;
     }
-    if (!meta_preparse(t, 2, &of, &errstr)) {
+    if (!meta_preparse(t, 2, of, &errstr)) {
         out_errstring(c, "CLIENT_ERROR invalid or duplicate flag");
-        return;
+        return false;
     }
-    c->noreply = of.no_reply;
+    c->noreply = of->no_reply;
+    return true;
+}
+
+static void process_mdelete(conn *c, proto_tokens *t) {
+    meta_flags of = {0};
+
+    if (!meta_open_md_ma(c, t, &of))
+        return;
 
     const char *key = t->tok[1].value;
     size_t nkey = t->tok[1].length;
@@ -706,28 +715,12 @@ static void process_mdelete(conn *c, proto_tokens *t) {
 /* ====================================================================== */
 
 static void process_marithmetic(conn *c, proto_tokens *t) {
-    const char *errstr = ERR_FORMAT;
     meta_flags of = {0};
     bool incr = true;
 
     of.delta = 1;                        /* no D: by one */
-    if (proto_ntokens(t) < 3) {
-        out_string(c, "ERROR");
+    if (!meta_open_md_ma(c, t, &of))
         return;
-    }
-    if (t->tok[1].length > PS_KEY_MAX_LENGTH) {
-        out_string(c, ERR_FORMAT);
-        return;
-    }
-    if (proto_ntokens(t) > PROTO_META_MAX_TOKENS) {
-        out_string(c, "CLIENT_ERROR options flags too long");
-        return;
-    }
-    if (!meta_preparse(t, 2, &of, &errstr)) {
-        out_errstring(c, "CLIENT_ERROR invalid or duplicate flag");
-        return;
-    }
-    c->noreply = of.no_reply;
 
     switch (of.mode) {
     case 0: case 'I': case '+': incr = true; break;

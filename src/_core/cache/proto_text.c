@@ -430,15 +430,10 @@ static pthread_mutex_t prefix_lock = PTHREAD_MUTEX_INITIALIZER;
 static prefix_stats *prefix_table[PREFIX_BUCKETS];
 static size_t prefix_count;
 static size_t prefix_name_bytes;
-static atomic_bool detail_enabled;
-
 static inline bool detail_on(void) {
-    return atomic_load_explicit(&detail_enabled, memory_order_relaxed);
+    return atomic_load_explicit(&stats_detail_enabled, memory_order_relaxed);
 }
 
-bool proto_stats_detail_enabled(void) {
-    return detail_on();
-}
 
 /* Caller holds prefix_lock. NULL when the key has no prefix, the table is
  * full, or memory ran out (the event is then simply not counted). */
@@ -603,10 +598,10 @@ static void send_stats(conn *c, stats_buf *sb) {
 static void process_stats_detail(conn *c, const proto_tokens *t) {
     const proto_token *arg = t->nwords >= 3 ? &t->tok[2] : NULL;
     if (arg != NULL && proto_tok_eq(arg, "on")) {
-        atomic_store_explicit(&detail_enabled, true, memory_order_relaxed);
+        atomic_store_explicit(&stats_detail_enabled, true, memory_order_relaxed);
         out_string(c, "OK");
     } else if (arg != NULL && proto_tok_eq(arg, "off")) {
-        atomic_store_explicit(&detail_enabled, false, memory_order_relaxed);
+        atomic_store_explicit(&stats_detail_enabled, false, memory_order_relaxed);
         out_string(c, "OK");
     } else if (arg != NULL && proto_tok_eq(arg, "dump")) {
         size_t len = 0;

@@ -33,6 +33,7 @@
 
 __thread thread_stats *stats_tls;
 global_stats gstats;
+atomic_bool stats_detail_enabled;
 
 static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
 static thread_stats *registered;       /* all blocks, under stats_lock */
@@ -86,6 +87,7 @@ void stats_cleanup(void) {
     memset(&fallback_block, 0, sizeof(fallback_block));
     memset(&baseline, 0, sizeof(baseline));
     pthread_mutex_unlock(&stats_lock);
+    atomic_store_explicit(&stats_detail_enabled, false, memory_order_relaxed);
     stats_tls = NULL;
 }
 
@@ -227,7 +229,7 @@ void stats_settings(add_stat_fn add, void *ctx) {
     stats_appendf(add, ctx, "num_threads", "%d", s->num_threads);
     stats_appendf(add, ctx, "num_threads_per_udp", "%d", s->num_threads);
     stats_appendf(add, ctx, "stat_key_prefix", "%c", ':');
-    stats_appendf(add, ctx, "detail_enabled", "%s", proto_stats_detail_enabled() ? "yes" : "no");
+    stats_appendf(add, ctx, "detail_enabled", "%s", atomic_load_explicit(&stats_detail_enabled, memory_order_relaxed) ? "yes" : "no");
     stats_appendf(add, ctx, "reqs_per_event", "%d", s->reqs_per_event);
     stats_appendf(add, ctx, "cas_enabled", "%s", s->use_cas ? "yes" : "no");
     stats_appendf(add, ctx, "tcp_backlog", "%d", s->backlog);

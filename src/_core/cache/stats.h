@@ -85,6 +85,10 @@ typedef struct global_stats {
 } global_stats;
 extern global_stats gstats;
 
+/* "stats detail on|off": set by the protocol (which keeps the per-prefix
+ * counters), shown by "stats settings". A relaxed flag: a hint. */
+extern atomic_bool stats_detail_enabled;
+
 int stats_init(void);
 void stats_cleanup(void);             /* after every server thread exited */
 void stats_reset(void);
