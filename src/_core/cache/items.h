@@ -162,7 +162,6 @@ int item_trylock(uint32_t hv);     /* 0 on success */
 /* ------------------------------------------------------------------ */
 /* life cycle */
 int items_init(void);              /* after slabs_init/assoc_init; 0 ok */
-void items_cleanup(void);          /* after every thread stopped */
 int items_threads_start(void);     /* LRU maintainer + crawler (+ clock) */
 void items_threads_stop(void);     /* joins them */
 void items_cleanup(void);          /* after items_threads_stop; idempotent */

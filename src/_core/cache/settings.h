@@ -38,8 +38,8 @@ typedef struct ps_settings {
     int num_threads;             /* -t: worker threads, default 4 */
     int reqs_per_event;          /* -R: requests served per connection per wakeup, default 20 */
     int idle_timeout;            /* -o idle_timeout=S: close idle conns after S seconds, 0 = never */
-    size_t read_buf_size;        /* -o read_buf_mem? (we use a fixed per-conn start size), default 16 KiB */
-    size_t max_line_len;         /* longest command line before the conn is closed (non-get), 2048 */
+    size_t read_buf_size;        /* bytes of a pooled read buffer (not a flag), default 16 KiB */
+    size_t max_line_len;         /* a line without "\n" longer than this closes the conn (get/gets excepted), 2048 */
 
     /* ---- memory ---- */
     size_t maxbytes;             /* -m: memory limit for item storage in bytes, default 64 MiB */
