@@ -101,7 +101,6 @@ static void tcp_close(conn *c) {
 }
 
 const conn_transport conn_transport_tcp = {
-    .name = "tcp",
     .recv = tcp_recv,
     .readv = tcp_readv,
     .writev = tcp_writev,
@@ -630,7 +629,6 @@ static bool process_commands(conn *c, int *budget) {
         atomic_store_explicit(&c->last_cmd_time, now_rel(), memory_order_relaxed);
         c->noreply = false;
         proto_process_line(c, line, len);
-        STATS_INCR(cmd_total);
         (*budget)--;
         if (c->ritem || c->swallow)
             feed_buffered(c);

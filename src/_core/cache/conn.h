@@ -60,7 +60,6 @@ struct worker;
  * machine: each call behaves like its syscall (bytes moved, 0 at EOF for
  * reads, -1 with errno, EAGAIN meaning "wait for the socket"). */
 typedef struct conn_transport {
-    const char *name;                                       /* "tcp", "tls" */
     ssize_t (*recv)(conn *c, void *buf, size_t len);
     ssize_t (*readv)(conn *c, const struct iovec *iov, int iovcnt);
     ssize_t (*writev)(conn *c, const struct iovec *iov, int iovcnt);
@@ -82,7 +81,6 @@ struct conn {
     int sfd;
     struct worker *worker;       /* owning worker thread */
     const conn_transport *tr;    /* how bytes move (plain TCP for now) */
-    void *tr_state;              /* the transport's per-conn state (TLS session) */
     /* read side */
     char *rbuf;                  /* buffer start */
     char *rcurr;                 /* next unparsed byte */

@@ -144,7 +144,6 @@ static item *tails[LRU_IDS];
 static uint32_t lru_sizes[LRU_IDS];
 static uint64_t lru_bytes[LRU_IDS];
 static itemstats_t itemstats[LRU_IDS];
-static _Atomic uint64_t lru_hit_counts[LRU_IDS];
 
 /* ---- global counts ---- */
 static _Atomic uint64_t cas_id;
@@ -309,8 +308,6 @@ int items_init(void) {
     memset(lru_sizes, 0, sizeof(lru_sizes));
     memset(lru_bytes, 0, sizeof(lru_bytes));
     memset(itemstats, 0, sizeof(itemstats));
-    for (int i = 0; i < LRU_IDS; i++)
-        atomic_store_explicit(&lru_hit_counts[i], 0, memory_order_relaxed);
 
     clock_gettime(CLOCK_MONOTONIC, &mono_start);
     process_started = time(NULL) - 2;
@@ -1015,12 +1012,12 @@ void do_item_bump(item *it, uint32_t hv) {
 
 static void count_lru_hit(const item *it) {
     unsigned int raw = ITEM_CLSID_RAW(it);
-    atomic_fetch_add_explicit(&lru_hit_counts[raw], 1, memory_order_relaxed);
+    /* the calling worker's own block: no shared cache line on a hit */
     switch (raw & TEMP_LRU) {
-    case HOT_LRU: STATS_INCR(lru_hits_hot); break;
-    case WARM_LRU: STATS_INCR(lru_hits_warm); break;
-    case COLD_LRU: STATS_INCR(lru_hits_cold); break;
-    default: STATS_INCR(lru_hits_temp); break;
+    case HOT_LRU: SLAB_STATS_INCR(raw, hits_hot); break;
+    case WARM_LRU: SLAB_STATS_INCR(raw, hits_warm); break;
+    case COLD_LRU: SLAB_STATS_INCR(raw, hits_cold); break;
+    default: SLAB_STATS_INCR(raw, hits_temp); break;
     }
 }
 
@@ -1900,8 +1897,11 @@ void items_stats(add_stat_fn add, void *ctx) {
             if (t)
                 age[s] = now - item_time(t);
             pthread_mutex_unlock(&lru_locks[id]);
-            hits[s] = atomic_load_explicit(&lru_hit_counts[id], memory_order_relaxed);
         }
+        hits[0] = SLAB_STATS_SUM(c, hits_hot);
+        hits[1] = SLAB_STATS_SUM(c, hits_warm);
+        hits[2] = SLAB_STATS_SUM(c, hits_cold);
+        hits[3] = SLAB_STATS_SUM(c, hits_temp);
         uint64_t total = (uint64_t)num[0] + num[1] + num[2] + num[3];
         if (total == 0)
             continue;
@@ -2002,7 +2002,6 @@ void items_stats_reset(void) {
         pthread_mutex_lock(&lru_locks[id]);
         memset(&itemstats[id], 0, sizeof(itemstats_t));
         pthread_mutex_unlock(&lru_locks[id]);
-        atomic_store_explicit(&lru_hit_counts[id], 0, memory_order_relaxed);
     }
     atomic_store_explicit(&total_items, 0, memory_order_relaxed);
 }

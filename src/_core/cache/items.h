@@ -238,7 +238,8 @@ typedef enum {
  * item or the outcome: set_cmds (per class of `it`, every store op),
  * cas_hits / cas_badval (per class of the old item), cas_misses,
  * incr_hits / decr_hits, delete_hits, get_expired, get_flushed, and the
- * lru_hits_* / per-class hits_to_* on every lookup with do_update. The
+ * per-class hits_hot/warm/cold/temp ("hits_to_*" in "stats items") on
+ * every lookup with do_update, in the caller's thread_stats block. The
  * protocol counts commands and misses: get_cmds, get_hits (per class via
  * ITEM_CLSID), get_misses, touch_cmds, touch_hits, touch_misses,
  * delete_misses, incr_misses, decr_misses. */

@@ -154,7 +154,7 @@ static inline void proto_set_exptime(item *it, rel_time_t e) {
 
 /* ---- stats shared by get, gat and mg ----------------------------------- */
 /* A fetch hit: get_cmds and the class's get_hits (the engine counts
- * lru_hits_* itself on lookups with do_update, see items.h). */
+ * the per-segment hits itself on lookups with do_update, see items.h). */
 void proto_count_get_hit(const item *it);
 void proto_count_get_miss(void);
 

@@ -451,10 +451,6 @@ static void class_stat(add_stat_fn add, void *ctx, unsigned int id,
     stats_appendf(add, ctx, key, "%llu", v);
 }
 
-#define SLAB_COUNTER(id, field) \
-    stats_sum(offsetof(thread_stats, slab) + (id) * sizeof(slab_stats) + \
-              offsetof(slab_stats, field))
-
 void slabs_stats(add_stat_fn add, void *ctx) {
     /* Copy under the lock, print without it (add() may be slow). */
     slabclass snap[PS_MAX_SLAB_CLASSES];
@@ -480,14 +476,14 @@ void slabs_stats(add_stat_fn add, void *ctx) {
                    (unsigned long long)p->npages * p->perslab - p->free_count);
         class_stat(add, ctx, i, "free_chunks", p->free_count);
         class_stat(add, ctx, i, "free_chunks_end", 0);
-        class_stat(add, ctx, i, "get_hits", SLAB_COUNTER(i, get_hits));
-        class_stat(add, ctx, i, "cmd_set", SLAB_COUNTER(i, set_cmds));
-        class_stat(add, ctx, i, "delete_hits", SLAB_COUNTER(i, delete_hits));
-        class_stat(add, ctx, i, "incr_hits", SLAB_COUNTER(i, incr_hits));
-        class_stat(add, ctx, i, "decr_hits", SLAB_COUNTER(i, decr_hits));
-        class_stat(add, ctx, i, "cas_hits", SLAB_COUNTER(i, cas_hits));
-        class_stat(add, ctx, i, "cas_badval", SLAB_COUNTER(i, cas_badval));
-        class_stat(add, ctx, i, "touch_hits", SLAB_COUNTER(i, touch_hits));
+        class_stat(add, ctx, i, "get_hits", SLAB_STATS_SUM(i, get_hits));
+        class_stat(add, ctx, i, "cmd_set", SLAB_STATS_SUM(i, set_cmds));
+        class_stat(add, ctx, i, "delete_hits", SLAB_STATS_SUM(i, delete_hits));
+        class_stat(add, ctx, i, "incr_hits", SLAB_STATS_SUM(i, incr_hits));
+        class_stat(add, ctx, i, "decr_hits", SLAB_STATS_SUM(i, decr_hits));
+        class_stat(add, ctx, i, "cas_hits", SLAB_STATS_SUM(i, cas_hits));
+        class_stat(add, ctx, i, "cas_badval", SLAB_STATS_SUM(i, cas_badval));
+        class_stat(add, ctx, i, "touch_hits", SLAB_STATS_SUM(i, touch_hits));
     }
     stats_appendf(add, ctx, "active_slabs", "%d", active);
     stats_appendf(add, ctx, "total_malloced", "%llu", U(malloced));

@@ -138,14 +138,18 @@ void stats_appendf(add_stat_fn add, void *ctx, const char *key,
     add(key, strlen(key), val, (size_t)n, ctx);
 }
 
+uint64_t stats_slab_sum(unsigned int cls, size_t field_offset) {
+    return stats_sum(offsetof(thread_stats, slab) + cls * sizeof(slab_stats) + field_offset);
+}
+
 /* Sum one per-class counter over every class. */
-static uint64_t slab_sum(size_t field_offset) {
+static uint64_t slab_total(size_t field_offset) {
     uint64_t total = 0;
-    for (int i = 0; i < PS_MAX_SLAB_CLASSES; i++)
-        total += stats_sum(offsetof(thread_stats, slab) + i * sizeof(slab_stats) + field_offset);
+    for (unsigned int cls = 0; cls < PS_MAX_SLAB_CLASSES; cls++)
+        total += stats_slab_sum(cls, field_offset);
     return total;
 }
-#define SLAB_SUM(field) slab_sum(offsetof(slab_stats, field))
+#define SLAB_SUM(field) slab_total(offsetof(slab_stats, field))
 #define LOADG(f) ((unsigned long long)atomic_load_explicit(&gstats.f, memory_order_relaxed))
 #define U(x) ((unsigned long long)(x))
 

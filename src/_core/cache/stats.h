@@ -31,7 +31,8 @@
 /* Per-slab-class counters (memcached's "stats slabs" per-class lines). */
 #define SLAB_STATS_FIELDS(X) \
     X(set_cmds) X(get_hits) X(touch_hits) X(delete_hits) X(cas_hits) \
-    X(cas_badval) X(incr_hits) X(decr_hits)
+    X(cas_badval) X(incr_hits) X(decr_hits) \
+    X(hits_hot) X(hits_warm) X(hits_cold) X(hits_temp)
 
 /* Per-thread counters that appear in "stats". */
 #define THREAD_STATS_FIELDS(X) \
@@ -40,9 +41,7 @@
     X(decr_misses) X(cas_misses) X(meta_cmds) X(bytes_read) \
     X(bytes_written) X(flush_cmds) X(conn_yields) X(auth_cmds) \
     X(auth_errors) X(idle_kicks) X(response_obj_oom) X(response_obj_count) \
-    X(read_buf_oom) X(store_too_large) X(store_no_memory) \
-    X(lru_hits_hot) X(lru_hits_warm) X(lru_hits_cold) X(lru_hits_temp) \
-    X(cmd_total) X(mget_keys)
+    X(read_buf_oom) X(store_too_large) X(store_no_memory)
 
 #define STATS_DECLARE(name) _Atomic uint64_t name;
 
@@ -100,6 +99,9 @@ void stats_settings(add_stat_fn add, void *ctx);  /* "stats settings" */
  * offset is offsetof(thread_stats, field). */
 uint64_t stats_sum(size_t offset);
 #define STATS_SUM(field) stats_sum(offsetof(thread_stats, field))
+/* The same for one slab class's counter (a field of slab_stats). */
+uint64_t stats_slab_sum(unsigned int cls, size_t field_offset);
+#define SLAB_STATS_SUM(cls, field) stats_slab_sum((cls), offsetof(slab_stats, field))
 
 /* Helper for add_stat callers: printf-style value. */
 void stats_appendf(add_stat_fn add, void *ctx, const char *key,

@@ -109,10 +109,10 @@ int settings_validate(const ps_settings *s, char *err, size_t errlen) {
     if (s->slab_chunk_max > s->item_size_max)
         FAIL("slab_chunk_max (bytes: %zu) cannot be larger than -I (item_size_max %zu)",
              s->slab_chunk_max, s->item_size_max);
-    if (s->slab_chunk_max && s->item_size_max % s->slab_chunk_max != 0)
+    if (s->item_size_max % s->slab_chunk_max != 0)
         FAIL("-I (item_size_max: %zu) must be evenly divisible by slab_chunk_max (bytes: %zu)",
              s->item_size_max, s->slab_chunk_max);
-    if (s->slab_chunk_max && s->slab_page_size % s->slab_chunk_max != 0)
+    if (s->slab_page_size % s->slab_chunk_max != 0)
         FAIL("slab_chunk_max (bytes: %zu) must divide evenly into %zu (slab_page_size)",
              s->slab_chunk_max, s->slab_page_size);
     if (s->temp_lru && !s->lru_maintainer)
@@ -527,14 +527,19 @@ static void release_resources(void) {
     stats_cleanup();
 }
 
+/* Join the storage engine's background threads, if they were started. */
+static void stop_engine_threads(void) {
+    if (!engine_threads_started)
+        return;
+    slabs_threads_stop();
+    assoc_threads_stop();
+    items_threads_stop();
+    engine_threads_started = false;
+}
+
 /* A start that failed half way: stop what runs, free what was made. */
 static void undo_start(void) {
-    if (engine_threads_started) {
-        slabs_threads_stop();
-        assoc_threads_stop();
-        items_threads_stop();
-        engine_threads_started = false;
-    }
+    stop_engine_threads();
     release_resources();
 }
 
@@ -645,10 +650,7 @@ int cache_server_wait(int timeout_ms) {
     }
     for (int i = 0; i < num_workers; i++)
         pthread_join(workers[i].tid, NULL);
-    slabs_threads_stop();
-    assoc_threads_stop();
-    items_threads_stop();
-    engine_threads_started = false;
+    stop_engine_threads();
     close_listeners();
     joined = true;
     return 1;
