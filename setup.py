@@ -2,6 +2,7 @@
 
     pinstack._core._cache   src/_core/cache/_cache.pyx   pinstack-cache's engine
     pinstack._core._bench   src/_core/bench/_bench.pyx   pinstack-bench's load loop
+    pinstack._core._index   src/_core/index/_index.pyx   pinstack-leaf's realtime segment
 
 Each is its Cython wrapper compiled together with every C file of its
 directory and of src/_core/common/, found by globbing at build time, so an
@@ -100,6 +101,7 @@ extensions = [
     # start so the wheel's runtime needs do not change under users' feet.
     engine_extension("cache", ["uring", "ssl", "crypto", "pthread", "m"]),
     engine_extension("bench", ["pthread", "m"]),
+    engine_extension("index", ["pthread", "m"]),
 ]
 
 

@@ -1,0 +1,498 @@
+# cython: language_level=3
+"""
+_index.pyx - the thin Python face of the realtime segment (segment.h,
+query.h). The API and its contract are documented in
+src/pinstack/_core/_index.pyi; everything that decides anything is in C.
+
+This file only translates:
+  * Python documents -> ps_doc_in arrays pointing into the Python objects'
+    own buffers (str: its cached UTF-8; bytes: its data), kept alive by
+    references held for the duration of the C call;
+  * structured queries (nested tuples) -> ps_qnode trees; strings go to
+    the C parser;
+  * C status codes -> exceptions, in one place (_raise);
+  * hits -> Hit named tuples.
+
+The GIL is released around every C call that can take time: indexing,
+queries, get(), seal(). A segment's C memory lives as long as the Python
+object, and every method holds a reference to it (self) while the C call
+runs, so no call can see the segment freed under it.
+"""
+
+from collections import namedtuple
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memset
+
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
+
+
+cdef extern from "segment.h" nogil:
+    enum:
+        PS_OK
+        PS_ERR_INVALID
+        PS_ERR_FULL
+        PS_ERR_SEALED
+        PS_ERR_NOMEM
+        PS_KEY_MAX
+
+    ctypedef struct ps_segment:
+        uint32_t nshards
+        uint32_t max_docs
+
+    ctypedef struct ps_doc_in:
+        const char *key
+        uint32_t key_len
+        int64_t version
+        const char *text
+        size_t text_len
+        const char *const *terms
+        const uint32_t *term_lens
+        uint32_t nterms
+        double score
+        const char *blob
+        size_t blob_len
+
+    ctypedef struct ps_docrec:
+        const char *key
+        const char *blob
+        uint32_t key_len
+        uint32_t blob_len
+        int64_t version
+        double score
+        uint32_t dl
+
+    ctypedef struct ps_seg_stats:
+        uint64_t docs_added, docs_committed, docs_live, docs_deleted, stale_dropped
+        uint64_t terms, postings, keys
+        uint64_t bytes_postings, bytes_dictionary, bytes_forward, bytes_arena, bytes_total
+        uint64_t input_bytes, generation, retired_pending, reclaimed
+
+    ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
+                           char *err, size_t errlen)
+    void ps_seg_free(ps_segment *s)
+    int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bint threaded,
+                         int64_t *ids, uint32_t *added, char *err, size_t errlen)
+    int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bint has_version,
+                      int64_t version, int *deleted, char *err, size_t errlen)
+    int64_t ps_seg_get(ps_segment *s, const char *key, uint32_t key_len)
+    void ps_seg_seal(ps_segment *s)
+    uint32_t ps_seg_committed(ps_segment *s)
+    const ps_docrec *ps_seg_doc(const ps_segment *s, uint32_t doc)
+    void ps_seg_stats_get(ps_segment *s, ps_seg_stats *out)
+
+
+cdef extern from *:
+    """
+    static inline int ps_seg_sealed_flag(ps_segment *s) { return atomic_load(&s->sealed); }
+    """
+    int _sealed "ps_seg_sealed_flag" (ps_segment *s) nogil
+
+
+cdef extern from "query.h" nogil:
+    enum:
+        PS_Q_TERM
+        PS_Q_AND
+        PS_Q_OR
+        PS_Q_ANDNOT
+        PS_Q_ALL
+        PS_ORDER_SCORE
+        PS_ORDER_BM25
+        PS_ORDER_RECENT
+        PS_Q_MAX_DEPTH
+        PS_K_MAX
+
+    ctypedef struct ps_qnode:
+        int kind
+        uint32_t nchild
+        ps_qnode **child
+        char *term
+        uint32_t len
+
+    ctypedef struct ps_hit:
+        uint32_t doc
+        double score
+
+    ps_qnode *ps_q_term(const char *term, uint32_t len)
+    ps_qnode *ps_q_op(int kind, uint32_t nchild)
+    void ps_q_free(ps_qnode *q)
+    int ps_q_check(const ps_qnode *q, char *err, size_t errlen)
+    int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t errlen)
+    int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count)
+    int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
+                    uint32_t *nout)
+
+
+Hit = namedtuple("Hit", ["key", "version", "score", "blob", "doc_id"])
+Hit.__doc__ = "One search result: key, version, score, blob, doc_id."
+
+
+class SegmentFull(RuntimeError):
+    """The segment holds max_docs documents: seal it and start another."""
+
+
+class SegmentSealed(RuntimeError):
+    """A write to a sealed segment."""
+
+
+DEF ERRLEN = 256
+
+cdef dict _ORDERS = {"score": PS_ORDER_SCORE, "bm25": PS_ORDER_BM25, "recent": PS_ORDER_RECENT}
+cdef dict _KINDS = {"term": PS_Q_TERM, "and": PS_Q_AND, "or": PS_Q_OR,
+                    "andnot": PS_Q_ANDNOT, "all": PS_Q_ALL}
+
+
+cdef int _raise(int rc, const char *err) except -1:
+    """The one translator from C status codes to exceptions."""
+    msg = err.decode("utf-8", "replace")
+    if rc == PS_ERR_INVALID:
+        raise ValueError(msg)
+    if rc == PS_ERR_FULL:
+        raise SegmentFull(msg)
+    if rc == PS_ERR_SEALED:
+        raise SegmentSealed(msg)
+    if rc == PS_ERR_NOMEM:
+        raise MemoryError(msg)
+    raise RuntimeError(msg)
+
+
+cdef inline const char *_buf(object o, Py_ssize_t *n, str what) except NULL:
+    """Pointer to the bytes of a str (UTF-8) or bytes object; o must stay
+    referenced while the pointer is used."""
+    if type(o) is str:
+        return PyUnicode_AsUTF8AndSize(o, n)
+    if type(o) is bytes:
+        n[0] = PyBytes_GET_SIZE(o)
+        return PyBytes_AS_STRING(o)
+    if isinstance(o, str):
+        return PyUnicode_AsUTF8AndSize(o, n)
+    if isinstance(o, bytes):
+        n[0] = PyBytes_GET_SIZE(o)
+        return PyBytes_AS_STRING(o)
+    raise TypeError(f"{what} must be str or bytes, not {type(o).__name__}")
+
+
+cdef ps_qnode *_build_query(object q, int depth) except NULL:
+    """Structured query (nested tuples) -> C tree. Raises ValueError."""
+    cdef ps_qnode *node = NULL
+    cdef Py_ssize_t n
+    cdef const char *p
+    if depth > PS_Q_MAX_DEPTH:
+        raise ValueError(f"query: nested deeper than {PS_Q_MAX_DEPTH}")
+    if not isinstance(q, (tuple, list)) or len(q) == 0:
+        raise ValueError(f"query: expected a tuple like ('term', 'cat'), got {q!r}")
+    op = q[0]
+    kind = _KINDS.get(op) if isinstance(op, str) else None
+    if kind is None:
+        raise ValueError(f"query: unknown operator {op!r} (term, and, or, andnot, all)")
+    if kind == PS_Q_TERM:
+        if len(q) != 2:
+            raise ValueError("query: ('term', t) takes exactly one term")
+        p = _buf(q[1], &n, "a query term")
+        if n < 1 or n > 255:
+            raise ValueError(f"query: a term must be 1..255 bytes (got {n})")
+        node = ps_q_term(p, <uint32_t>n)
+        if node == NULL:
+            raise MemoryError()
+        return node
+    if kind == PS_Q_ALL:
+        if len(q) != 1:
+            raise ValueError("query: ('all',) takes no operands")
+        node = ps_q_op(PS_Q_ALL, 0)
+        if node == NULL:
+            raise MemoryError()
+        return node
+    nchild = len(q) - 1
+    if kind == PS_Q_ANDNOT and nchild != 2:
+        raise ValueError("query: ('andnot', include, exclude) takes exactly two operands")
+    if nchild < 1:
+        raise ValueError(f"query: ({op!r}, ...) needs at least one operand")
+    node = ps_q_op(kind, <uint32_t>nchild)
+    if node == NULL:
+        raise MemoryError()
+    try:
+        for i in range(nchild):
+            node.child[i] = _build_query(q[i + 1], depth + 1)
+    except BaseException:
+        ps_q_free(node)
+        raise
+    return node
+
+
+cdef ps_qnode *_compile(object query) except NULL:
+    cdef ps_qnode *node = NULL
+    cdef char err[ERRLEN]
+    cdef Py_ssize_t n
+    cdef const char *p
+    err[0] = 0
+    if isinstance(query, str):
+        p = PyUnicode_AsUTF8AndSize(query, &n)
+        if ps_q_parse(p, <size_t>n, &node, err, ERRLEN) != 0:
+            raise ValueError(err.decode("utf-8", "replace"))
+        return node
+    node = _build_query(query, 1)
+    if ps_q_check(node, err, ERRLEN) != 0:
+        ps_q_free(node)
+        raise ValueError(err.decode("utf-8", "replace"))
+    return node
+
+
+cdef object _to_tuple(const ps_qnode *q):
+    if q.kind == PS_Q_TERM:
+        return ("term", PyBytes_FromStringAndSize(q.term, q.len).decode("utf-8", "surrogateescape"))
+    if q.kind == PS_Q_ALL:
+        return ("all",)
+    name = {PS_Q_AND: "and", PS_Q_OR: "or", PS_Q_ANDNOT: "andnot"}[q.kind]
+    return (name,) + tuple(_to_tuple(q.child[i]) for i in range(q.nchild))
+
+
+def parse_query(str query):
+    """The structured form of a human-syntax query (raises ValueError)."""
+    cdef ps_qnode *node = _compile(query)
+    try:
+        return _to_tuple(node)
+    finally:
+        ps_q_free(node)
+
+
+cdef class RealtimeSegment:
+    """An in-memory realtime segment; see pinstack/_core/_index.pyi."""
+
+    cdef ps_segment *seg
+    cdef readonly uint32_t writer_threads
+    cdef readonly uint32_t max_docs
+
+    def __cinit__(self, int writer_threads=1, long long max_docs=1 << 24,
+                  double k1=1.2, double b=0.75):
+        cdef char err[ERRLEN]
+        err[0] = 0
+        if writer_threads < 1 or writer_threads > 64:
+            raise ValueError(f"writer_threads must be 1..64 (got {writer_threads})")
+        if max_docs < 1 or max_docs > (1 << 31):
+            raise ValueError(f"max_docs must be 1..{1 << 31} (got {max_docs})")
+        self.seg = ps_seg_new(<uint32_t>writer_threads, <uint32_t>max_docs, k1, b, err, ERRLEN)
+        if self.seg == NULL:
+            raise ValueError(err.decode("utf-8", "replace"))
+        self.writer_threads = writer_threads
+        self.max_docs = <uint32_t>max_docs
+
+    def __dealloc__(self):
+        if self.seg != NULL:
+            with nogil:
+                ps_seg_free(self.seg)
+            self.seg = NULL
+
+    cdef int _index(self, list docs, bint threaded, int64_t *ids, uint32_t *added) except -1:
+        """docs: list of 6-tuples, already type-checked by the callers'
+        unpacking below. Builds ps_doc_in[] and runs the C writer."""
+        cdef Py_ssize_t n = len(docs), total_terms = 0, i, j, ln
+        cdef ps_doc_in *ins = NULL
+        cdef const char **tp = NULL
+        cdef uint32_t *tl = NULL
+        cdef char err[ERRLEN]
+        cdef int rc
+        cdef Py_ssize_t at = 0
+        err[0] = 0
+        if n == 0:
+            added[0] = 0
+            return 0
+        if n > 0xFFFFFFFF:
+            raise ValueError("batch too large")
+        keep = []  # terms tuples, so their items outlive the C call
+        for i in range(n):
+            terms = docs[i][3]
+            terms = () if terms is None else tuple(terms)
+            keep.append(terms)
+            total_terms += len(terms)
+        ins = <ps_doc_in *>PyMem_Malloc(n * sizeof(ps_doc_in))
+        tp = <const char **>PyMem_Malloc((total_terms + 1) * sizeof(char *))
+        tl = <uint32_t *>PyMem_Malloc((total_terms + 1) * sizeof(uint32_t))
+        try:
+            if ins == NULL or tp == NULL or tl == NULL:
+                raise MemoryError()
+            memset(ins, 0, n * sizeof(ps_doc_in))
+            for i in range(n):
+                key, version, text, _, score, blob = docs[i]
+                ins[i].key = _buf(key, &ln, "key")
+                if ln > PS_KEY_MAX or ln < 1:
+                    raise ValueError(f"document {i}: key must be 1..{PS_KEY_MAX} bytes (got {ln})")
+                ins[i].key_len = <uint32_t>ln
+                ins[i].version = version
+                if text is not None:
+                    if not isinstance(text, str):
+                        raise TypeError(f"document {i}: text must be str or None, "
+                                        f"not {type(text).__name__}")
+                    ins[i].text = PyUnicode_AsUTF8AndSize(text, &ln)
+                    ins[i].text_len = <size_t>ln
+                ins[i].score = score
+                if blob is None:
+                    blob = b""
+                if not isinstance(blob, bytes):
+                    raise TypeError(f"document {i}: blob must be bytes, not {type(blob).__name__}")
+                ins[i].blob = PyBytes_AS_STRING(blob)
+                ins[i].blob_len = <size_t>PyBytes_GET_SIZE(blob)
+                terms = keep[i]
+                ins[i].terms = &tp[at]
+                ins[i].term_lens = &tl[at]
+                ins[i].nterms = <uint32_t>len(terms)
+                for j in range(len(terms)):
+                    tp[at] = _buf(terms[j], &ln, "a term")
+                    if ln > 0xFFFF:
+                        ln = 0xFFFF  # the C check reports it as too long
+                    tl[at] = <uint32_t>ln
+                    at += 1
+            with nogil:
+                rc = ps_seg_add_batch(self.seg, ins, <uint32_t>n, threaded, ids, added,
+                                      err, ERRLEN)
+            if rc != PS_OK:
+                _raise(rc, err)
+        finally:
+            PyMem_Free(ins)
+            PyMem_Free(<void *>tp)
+            PyMem_Free(tl)
+        return 0
+
+    def add(self, key, version, *, text=None, terms=(), score=0.0, blob=b""):
+        """Index one document; searchable when this returns. Doc id or -1 (stale)."""
+        cdef int64_t doc_id = -1
+        cdef uint32_t added = 0
+        self._index([(key, version, text, terms, score, blob)], False, &doc_id, &added)
+        return doc_id
+
+    def add_batch(self, docs):
+        """Index many documents with every writer thread; returns how many were added."""
+        cdef uint32_t added = 0
+        batch = []
+        for i, d in enumerate(docs):
+            if not isinstance(d, tuple) or len(d) != 6:
+                raise ValueError(f"document {i}: expected a tuple "
+                                 f"(key, version, text, terms, score, blob)")
+            batch.append(d)
+        self._index(batch, True, NULL, &added)
+        return added
+
+    def delete(self, key, version=None):
+        """Delete the key's live document (versioned: only if not newer). True if deleted."""
+        cdef Py_ssize_t n
+        cdef const char *p = _buf(key, &n, "key")
+        cdef int deleted = 0, rc
+        cdef int64_t v = 0 if version is None else version
+        cdef bint has_version = version is not None
+        cdef char err[ERRLEN]
+        err[0] = 0
+        if n < 1 or n > PS_KEY_MAX:
+            raise ValueError(f"key must be 1..{PS_KEY_MAX} bytes (got {n})")
+        with nogil:
+            rc = ps_seg_delete(self.seg, p, <uint32_t>n, has_version, v, &deleted, err, ERRLEN)
+        if rc != PS_OK:
+            _raise(rc, err)
+        return bool(deleted)
+
+    cdef object _hit(self, uint32_t doc, double score):
+        cdef const ps_docrec *r = ps_seg_doc(self.seg, doc)
+        return Hit(PyBytes_FromStringAndSize(r.key, r.key_len), r.version, score,
+                   PyBytes_FromStringAndSize(r.blob, r.blob_len), doc)
+
+    def search(self, query, int k=10, str order="score"):
+        """Best k live matches, best first, one per key."""
+        cdef int ord_
+        cdef ps_hit *hits
+        cdef uint32_t nout = 0, i
+        cdef int rc
+        if order not in _ORDERS:
+            raise ValueError(f"order must be 'score', 'bm25' or 'recent' (got {order!r})")
+        if k < 1 or k > PS_K_MAX:
+            raise ValueError(f"k must be 1..{PS_K_MAX} (got {k})")
+        ord_ = _ORDERS[order]
+        cdef ps_qnode *node = _compile(query)
+        hits = <ps_hit *>PyMem_Malloc(k * sizeof(ps_hit))
+        if hits == NULL:
+            ps_q_free(node)
+            raise MemoryError()
+        try:
+            with nogil:
+                rc = ps_q_search(self.seg, node, <uint32_t>k, ord_, hits, &nout)
+            if rc != 0:
+                raise MemoryError()
+            if ord_ == PS_ORDER_RECENT:  # ranked by doc id; report the static score
+                return [self._hit(hits[i].doc, ps_seg_doc(self.seg, hits[i].doc).score)
+                        for i in range(nout)]
+            return [self._hit(hits[i].doc, hits[i].score) for i in range(nout)]
+        finally:
+            ps_q_free(node)
+            PyMem_Free(hits)
+
+    def count(self, query):
+        """Number of live documents matching."""
+        cdef uint64_t n = 0
+        cdef int rc
+        cdef ps_qnode *node = _compile(query)
+        with nogil:
+            rc = ps_q_count(self.seg, node, &n)
+            ps_q_free(node)
+        if rc != 0:
+            raise MemoryError()
+        return n
+
+    def get(self, key):
+        """The key's live document as a Hit (score = static score), or None."""
+        cdef Py_ssize_t n
+        cdef const char *p = _buf(key, &n, "key")
+        cdef int64_t doc
+        if n < 1 or n > PS_KEY_MAX:
+            raise ValueError(f"key must be 1..{PS_KEY_MAX} bytes (got {n})")
+        with nogil:
+            doc = ps_seg_get(self.seg, p, <uint32_t>n)
+        if doc < 0:
+            return None
+        return self._hit(<uint32_t>doc, ps_seg_doc(self.seg, <uint32_t>doc).score)
+
+    def seal(self):
+        """Freeze the segment: later writes raise SegmentSealed; reads go on."""
+        with nogil:
+            ps_seg_seal(self.seg)
+
+    @property
+    def sealed(self):
+        return bool(self.stats()["sealed"])
+
+    def __len__(self):
+        cdef ps_seg_stats st
+        ps_seg_stats_get(self.seg, &st)
+        return st.docs_live
+
+    def stats(self):
+        """Counters and memory; see the .pyi for every key."""
+        cdef ps_seg_stats st
+        with nogil:
+            ps_seg_stats_get(self.seg, &st)
+        d = {
+            "docs_added": st.docs_added,
+            "docs_committed": st.docs_committed,
+            "docs_live": st.docs_live,
+            "docs_deleted": st.docs_deleted,
+            "stale_dropped": st.stale_dropped,
+            "terms": st.terms,
+            "postings": st.postings,
+            "keys": st.keys,
+            "writer_threads": self.writer_threads,
+            "max_docs": self.max_docs,
+            "sealed": int(_sealed(self.seg)),
+            "bytes_postings": st.bytes_postings,
+            "bytes_dictionary": st.bytes_dictionary,
+            "bytes_forward": st.bytes_forward,
+            "bytes_arena": st.bytes_arena,
+            "bytes_total": st.bytes_total,
+            "input_bytes": st.input_bytes,
+            "generation": st.generation,
+            "retired_pending": st.retired_pending,
+            "reclaimed": st.reclaimed,
+        }
+        d["bytes_per_posting"] = (st.bytes_postings / st.postings) if st.postings else 0.0
+        d["bytes_per_doc"] = (st.bytes_total / st.docs_committed) if st.docs_committed else 0.0
+        return d
+

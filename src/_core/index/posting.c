@@ -1,0 +1,185 @@
+/*
+ * posting.c - append and iterate the bucketed posting list of posting.h.
+ *
+ * Writer side (one thread per list): ps_post_append fills the slot, and
+ * for a new bucket the directory slot (growing the directory by copy +
+ * release publish + retire when full), then release-stores the size.
+ * Reader side: ps_post_iter_* never writes shared memory; it reads a
+ * snapshot of `size` entries (acquire), through the directory it loaded
+ * (acquire) after the size. See posting.h for why that order is enough.
+ */
+#include "posting.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void ps_post_init(ps_posting *p) {
+    atomic_init(&p->size, 0);
+    p->inline_dir.first_doc = 0;
+    p->inline_dir.docs = NULL;
+    atomic_init(&p->dir, &p->inline_dir);
+}
+
+/* Capacity of the directory while nb buckets exist. */
+static inline uint32_t dir_cap(uint32_t nb) {
+    if (nb <= 1)
+        return 1;
+    uint32_t c = 4;
+    while (c < nb)
+        c <<= 1;
+    return c;
+}
+
+static inline uint32_t bucket_start(uint32_t b) {
+    if (b < PS_POST_DOUBLING)
+        return PS_POST_FIRST_CAP * ((1u << b) - 1u);
+    return PS_POST_DOUBLING_ENTRIES + (b - PS_POST_DOUBLING) * PS_POST_MAX_CAP;
+}
+
+int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, ps_arena *arena, ps_gen *gen) {
+    uint32_t n = atomic_load_explicit(&p->size, memory_order_relaxed);
+    ps_skip *dir = atomic_load_explicit(&p->dir, memory_order_relaxed);
+    uint32_t b, off;
+    ps_post_locate(n, &b, &off);
+    uint32_t *docs;
+    if (off == 0) {
+        uint32_t cap = ps_post_bucket_cap(b);
+        docs = ps_arena_alloc(arena, (size_t)cap * (sizeof(uint32_t) + 1), 4);
+        if (docs == NULL)
+            return -1;
+        if (b > 0 && b >= dir_cap(b)) {
+            uint32_t newcap = dir_cap(b + 1);
+            ps_skip *grown = malloc(sizeof(ps_skip) * newcap);
+            if (grown == NULL)
+                return -1;
+            memcpy(grown, dir, sizeof(ps_skip) * b);
+            grown[b].first_doc = doc;
+            grown[b].docs = docs;
+            /* Publish the directory before the size that needs it. */
+            atomic_store_explicit(&p->dir, grown, memory_order_release);
+            if (dir != &p->inline_dir &&
+                ps_gen_retire(gen, dir, sizeof(ps_skip) * dir_cap(b)) != 0) {
+                /* Cannot track it: leak it rather than free it under a
+                 * reader. (Only when malloc of 24 bytes failed.) */
+            }
+        } else {
+            /* Slot b is beyond every reader's snapshot until the size
+             * store below. */
+            dir[b].first_doc = doc;
+            dir[b].docs = docs;
+        }
+    } else {
+        docs = dir[b].docs;
+    }
+    docs[off] = doc;
+    ps_bucket_tfs(docs, b)[off] = (uint8_t)(tf > 255 ? 255 : tf);
+    atomic_store_explicit(&p->size, n + 1, memory_order_release);
+    return 0;
+}
+
+void ps_post_free_dir(ps_posting *p) {
+    ps_skip *dir = atomic_load_explicit(&p->dir, memory_order_relaxed);
+    if (dir != &p->inline_dir)
+        free(dir);
+    atomic_store_explicit(&p->dir, &p->inline_dir, memory_order_relaxed);
+}
+
+static inline void iter_enter_bucket(ps_post_iter *it, uint32_t b, uint32_t off) {
+    it->b = b;
+    it->off = off;
+    it->docs = it->dir[b].docs;
+    it->tfs = ps_bucket_tfs((uint32_t *)it->docs, b);
+    uint32_t start = bucket_start(b);
+    uint32_t cap = ps_post_bucket_cap(b);
+    it->bucket_n = it->n - start < cap ? it->n - start : cap;
+    it->i = start + off;
+}
+
+static inline uint32_t iter_settle(ps_post_iter *it) {
+    uint32_t d = it->docs[it->off];
+    it->doc = d < it->limit ? d : PS_DOC_END;
+    return it->doc;
+}
+
+void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit) {
+    it->n = atomic_load_explicit(&((ps_posting *)p)->size, memory_order_acquire);
+    it->dir = atomic_load_explicit(&((ps_posting *)p)->dir, memory_order_acquire);
+    it->nbuckets = ps_post_nbuckets(it->n);
+    it->limit = limit;
+    if (it->n == 0) {
+        it->doc = PS_DOC_END;
+        it->i = 0;
+        return;
+    }
+    iter_enter_bucket(it, 0, 0);
+    iter_settle(it);
+}
+
+uint32_t ps_post_iter_next(ps_post_iter *it) {
+    if (it->doc == PS_DOC_END)
+        return PS_DOC_END;
+    if (it->off + 1 < it->bucket_n) {
+        it->off++;
+        it->i++;
+    } else if (it->b + 1 < it->nbuckets) {
+        iter_enter_bucket(it, it->b + 1, 0);
+    } else {
+        it->doc = PS_DOC_END;
+        return PS_DOC_END;
+    }
+    return iter_settle(it);
+}
+
+/* First index in docs[lo, hi) with docs[k] >= target, or hi. */
+static inline uint32_t lower_bound(const uint32_t *docs, uint32_t lo, uint32_t hi, uint32_t target) {
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (docs[mid] < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target) {
+    if (it->doc >= target)
+        return it->doc;  /* also PS_DOC_END */
+    if (target >= it->limit) {
+        it->doc = PS_DOC_END;
+        return PS_DOC_END;
+    }
+    uint32_t b = it->b;
+    uint32_t from = it->off;
+    if (it->docs[it->bucket_n - 1] < target) {
+        /* Leap: the last bucket whose first doc is <= target. */
+        uint32_t lo = b + 1, hi = it->nbuckets;
+        if (lo >= hi) {
+            it->doc = PS_DOC_END;
+            return PS_DOC_END;
+        }
+        while (lo + 1 < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (it->dir[mid].first_doc <= target)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        iter_enter_bucket(it, lo, 0);
+        from = 0;
+    }
+    uint32_t k = lower_bound(it->docs, from, it->bucket_n, target);
+    if (k == it->bucket_n) {
+        /* Everything in this bucket is below target: the next bucket's
+         * first doc is above it (that is how the bucket was chosen). */
+        if (it->b + 1 >= it->nbuckets) {
+            it->doc = PS_DOC_END;
+            return PS_DOC_END;
+        }
+        iter_enter_bucket(it, it->b + 1, 0);
+        return iter_settle(it);
+    }
+    it->off = k;
+    it->i = bucket_start(it->b) + k;
+    return iter_settle(it);
+}

@@ -1,0 +1,124 @@
+/*
+ * posting.h - the realtime posting list: an append-only vector of
+ * (doc id, term frequency) in buckets, one writer, many lock-free readers.
+ *
+ * LAYOUT
+ *   Entries live in buckets whose capacity doubles from 4 to 4096 and then
+ *   stays at 4096: bucket b holds min(4 << b, 4096) entries. Growing never
+ *   copies or moves an entry, so a reader may read an old bucket while the
+ *   writer fills a new one. A bucket is two arrays: doc ids (uint32) then
+ *   term frequencies (uint8, saturating at 255), 5 bytes an entry.
+ *   Where entry i lives is arithmetic (ps_post_locate): no search.
+ *
+ *   The skip list is single-level: one entry per bucket, {first doc id,
+ *   bucket pointer}, in an array (the bucket directory). Its capacity is 1
+ *   (stored inline in the posting list, so a term with one bucket costs no
+ *   extra allocation), then 4, 8, 16...; when it is full the writer copies
+ *   it into one twice as big, publishes that, and retires the old one to
+ *   the generation handler (gen.h).
+ *
+ * MEMORY ORDERING (the one rule readers rely on)
+ *   The writer fills the entry (and, for a new bucket, the bucket, its
+ *   directory slot and possibly a new directory, published with a release
+ *   store of `dir`), then publishes the new size with a release store.
+ *   A reader loads `size` with acquire FIRST, then `dir` with acquire, and
+ *   reads only entries below that size: everything it reads was written
+ *   before the size it saw, and the directory it loaded is at least as new
+ *   as the one current at that size, so it covers every bucket below it.
+ *   Readers must be inside a generation read section (ps_gen_enter) from
+ *   loading `dir` until they stop using it.
+ *
+ * Threads: ps_post_append: the single writer of this list (the term-shard
+ * writer thread, segment.c). Iterators: any thread.
+ */
+#ifndef PS_INDEX_POSTING_H
+#define PS_INDEX_POSTING_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "gen.h"
+
+#define PS_POST_FIRST_CAP 4u
+#define PS_POST_MAX_CAP 4096u
+#define PS_POST_DOUBLING 11u  /* buckets 0..10 double: 4..4096 */
+#define PS_POST_DOUBLING_ENTRIES 8188u  /* 4 * (2^11 - 1) */
+#define PS_DOC_END UINT32_MAX
+
+typedef struct ps_skip {
+    uint32_t first_doc;
+    uint32_t *docs;  /* the bucket: docs[cap], then uint8_t tfs[cap] */
+} ps_skip;
+
+typedef struct ps_posting {
+    _Atomic uint32_t size;      /* committed entries */
+    _Atomic(ps_skip *) dir;     /* bucket directory, capacity by bucket count */
+    ps_skip inline_dir;         /* the directory while there is one bucket */
+} ps_posting;
+
+/* Bucket capacity and where entry i lives. */
+static inline uint32_t ps_post_bucket_cap(uint32_t b) {
+    return b < PS_POST_DOUBLING ? PS_POST_FIRST_CAP << b : PS_POST_MAX_CAP;
+}
+
+static inline void ps_post_locate(uint32_t i, uint32_t *bucket, uint32_t *off) {
+    if (i < PS_POST_DOUBLING_ENTRIES) {
+        uint32_t b = 31u - (uint32_t)__builtin_clz(i / PS_POST_FIRST_CAP + 1);
+        *bucket = b;
+        *off = i - PS_POST_FIRST_CAP * ((1u << b) - 1u);
+    } else {
+        uint32_t rest = i - PS_POST_DOUBLING_ENTRIES;
+        *bucket = PS_POST_DOUBLING + rest / PS_POST_MAX_CAP;
+        *off = rest % PS_POST_MAX_CAP;
+    }
+}
+
+/* Buckets in use by the first n entries. */
+static inline uint32_t ps_post_nbuckets(uint32_t n) {
+    if (n == 0)
+        return 0;
+    uint32_t b, off;
+    ps_post_locate(n - 1, &b, &off);
+    return b + 1;
+}
+
+static inline uint8_t *ps_bucket_tfs(uint32_t *docs, uint32_t b) {
+    return (uint8_t *)(docs + ps_post_bucket_cap(b));
+}
+
+void ps_post_init(ps_posting *p);
+/* Append (doc, tf); doc must exceed every doc already in the list.
+ * Bucket memory from `arena` (the writer's own), retired directories to
+ * `gen`. Returns 0, or -1 when out of memory (nothing published). */
+int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, ps_arena *arena, ps_gen *gen);
+/* Free a directory that is not the inline one (segment teardown). */
+void ps_post_free_dir(ps_posting *p);
+
+/* A reader's snapshot iterator: the entries committed when it was opened,
+ * further cut at doc ids below `limit` (the segment's committed-document
+ * watermark). */
+typedef struct ps_post_iter {
+    const ps_skip *dir;
+    uint32_t n;          /* entries in the snapshot */
+    uint32_t nbuckets;
+    uint32_t limit;      /* doc ids >= limit are past the end */
+    uint32_t i;          /* current entry index */
+    uint32_t b;          /* current bucket */
+    uint32_t off;        /* offset in it */
+    uint32_t bucket_n;   /* entries of bucket b inside the snapshot */
+    const uint32_t *docs;
+    const uint8_t *tfs;
+    uint32_t doc;        /* current doc id, PS_DOC_END when done */
+} ps_post_iter;
+
+void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit);
+uint32_t ps_post_iter_next(ps_post_iter *it);
+/* First entry with doc >= target (target > current doc), using the skip
+ * list to leap over whole buckets. */
+uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target);
+static inline uint32_t ps_post_iter_tf(const ps_post_iter *it) {
+    return it->tfs[it->off];
+}
+
+#endif

@@ -1,0 +1,761 @@
+/*
+ * query.c - query trees, the human-syntax parser, and execution (count,
+ * top-K by static score / BM25 / recency) over a realtime segment. The
+ * concurrency contract is in query.h: one committed watermark per query,
+ * loaded with acquire before any posting list is opened; the query runs
+ * inside a generation read section; nothing here writes shared memory.
+ */
+#include "query.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/hash.h"
+
+static void q_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- trees ---------------------------------------------------------------- */
+
+ps_qnode *ps_q_term(const char *term, uint32_t len) {
+    ps_qnode *q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        return NULL;
+    q->kind = PS_Q_TERM;
+    q->term = malloc(len ? len : 1);
+    if (q->term == NULL) {
+        free(q);
+        return NULL;
+    }
+    memcpy(q->term, term, len);
+    q->len = len;
+    return q;
+}
+
+ps_qnode *ps_q_op(int kind, uint32_t nchild) {
+    ps_qnode *q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        return NULL;
+    q->kind = kind;
+    q->nchild = nchild;
+    if (nchild > 0) {
+        q->child = calloc(nchild, sizeof(*q->child));
+        if (q->child == NULL) {
+            free(q);
+            return NULL;
+        }
+    }
+    return q;
+}
+
+void ps_q_free(ps_qnode *q) {
+    if (q == NULL)
+        return;
+    for (uint32_t i = 0; i < q->nchild; i++)
+        ps_q_free(q->child[i]);
+    free(q->child);
+    free(q->term);
+    free(q);
+}
+
+static int check_rec(const ps_qnode *q, int depth, uint32_t *nodes, char *err, size_t errlen) {
+    if (q == NULL) {
+        q_err(err, errlen, "query: missing node");
+        return -1;
+    }
+    if (depth > PS_Q_MAX_DEPTH) {
+        q_err(err, errlen, "query: nested deeper than %d", PS_Q_MAX_DEPTH);
+        return -1;
+    }
+    if (++*nodes > PS_Q_MAX_NODES) {
+        q_err(err, errlen, "query: more than %d nodes", PS_Q_MAX_NODES);
+        return -1;
+    }
+    switch (q->kind) {
+    case PS_Q_TERM:
+        if (q->len < 1 || q->len > PS_TERM_MAX) {
+            q_err(err, errlen, "query: a term must be 1..%d bytes (got %u)", PS_TERM_MAX, q->len);
+            return -1;
+        }
+        return 0;
+    case PS_Q_ALL:
+        return 0;
+    case PS_Q_AND:
+    case PS_Q_OR:
+        if (q->nchild < 1) {
+            q_err(err, errlen, "query: %s needs at least one operand",
+                  q->kind == PS_Q_AND ? "and" : "or");
+            return -1;
+        }
+        break;
+    case PS_Q_ANDNOT:
+        if (q->nchild != 2) {
+            q_err(err, errlen, "query: andnot needs exactly two operands (include, exclude)");
+            return -1;
+        }
+        break;
+    default:
+        q_err(err, errlen, "query: unknown node kind %d", q->kind);
+        return -1;
+    }
+    for (uint32_t i = 0; i < q->nchild; i++)
+        if (check_rec(q->child[i], depth + 1, nodes, err, errlen) != 0)
+            return -1;
+    return 0;
+}
+
+int ps_q_check(const ps_qnode *q, char *err, size_t errlen) {
+    uint32_t nodes = 0;
+    return check_rec(q, 1, &nodes, err, errlen);
+}
+
+/* ---- parser ----------------------------------------------------------------
+ *   query    := or_expr END
+ *   or_expr  := and_expr ("OR" and_expr)*
+ *   and_expr := unary (["AND"] unary)*        adjacent operands are ANDed
+ *   unary    := ("NOT" | "-") unary | primary
+ *   primary  := "(" or_expr ")" | "*" | QUOTED | WORD
+ * Negated operands of an and_expr become its exclude side:
+ *   a b -c -d  ->  andnot(and(a, b), or(c, d));  -c alone -> andnot(all, c).
+ */
+
+enum { T_END, T_WORD, T_LPAREN, T_RPAREN, T_AND, T_OR, T_NOT, T_MINUS, T_STAR };
+
+typedef struct parser {
+    const char *s;
+    size_t len, pos;
+    int tok;          /* current token */
+    size_t tok_pos;
+    char *word;       /* T_WORD: unescaped bytes (owned) */
+    uint32_t word_len;
+    int depth;
+    char *err;
+    size_t errlen;
+    int failed;
+} parser;
+
+static int is_space(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+static int lex(parser *p) {
+    free(p->word);
+    p->word = NULL;
+    while (p->pos < p->len && is_space(p->s[p->pos]))
+        p->pos++;
+    p->tok_pos = p->pos;
+    if (p->pos >= p->len)
+        return p->tok = T_END;
+    char c = p->s[p->pos];
+    if (c == '(') {
+        p->pos++;
+        return p->tok = T_LPAREN;
+    }
+    if (c == ')') {
+        p->pos++;
+        return p->tok = T_RPAREN;
+    }
+    if (c == '-') {
+        p->pos++;
+        return p->tok = T_MINUS;
+    }
+    if (c == '"') {
+        size_t i = p->pos + 1;
+        p->word = malloc(p->len - p->pos + 1);
+        if (p->word == NULL) {
+            q_err(p->err, p->errlen, "out of memory");
+            p->failed = 1;
+            return p->tok = T_END;
+        }
+        uint32_t n = 0;
+        while (i < p->len && p->s[i] != '"') {
+            if (p->s[i] == '\\' && i + 1 < p->len)
+                i++;
+            p->word[n++] = p->s[i++];
+        }
+        if (i >= p->len) {
+            q_err(p->err, p->errlen, "query: unterminated quote at position %zu", p->tok_pos);
+            p->failed = 1;
+            return p->tok = T_END;
+        }
+        p->pos = i + 1;
+        p->word_len = n;
+        return p->tok = T_WORD;
+    }
+    size_t start = p->pos;
+    while (p->pos < p->len && !is_space(p->s[p->pos]) && p->s[p->pos] != '(' &&
+           p->s[p->pos] != ')' && p->s[p->pos] != '"')
+        p->pos++;
+    size_t n = p->pos - start;
+    const char *w = p->s + start;
+    if (n == 3 && memcmp(w, "AND", 3) == 0)
+        return p->tok = T_AND;
+    if (n == 2 && memcmp(w, "OR", 2) == 0)
+        return p->tok = T_OR;
+    if (n == 3 && memcmp(w, "NOT", 3) == 0)
+        return p->tok = T_NOT;
+    if (n == 1 && w[0] == '*')
+        return p->tok = T_STAR;
+    p->word = malloc(n);
+    if (p->word == NULL) {
+        q_err(p->err, p->errlen, "out of memory");
+        p->failed = 1;
+        return p->tok = T_END;
+    }
+    memcpy(p->word, w, n);
+    p->word_len = (uint32_t)n;
+    return p->tok = T_WORD;
+}
+
+static ps_qnode *parse_or(parser *p);
+
+static ps_qnode *fail(parser *p, const char *what) {
+    if (!p->failed) {
+        if (p->tok == T_END)
+            q_err(p->err, p->errlen, "query: %s at position %zu (end of query)", what, p->tok_pos);
+        else
+            q_err(p->err, p->errlen, "query: %s at position %zu", what, p->tok_pos);
+        p->failed = 1;
+    }
+    return NULL;
+}
+
+static ps_qnode *nomem(parser *p) {
+    q_err(p->err, p->errlen, "out of memory");
+    p->failed = 1;
+    return NULL;
+}
+
+/* primary, with *neg toggled by each NOT / '-' in front of it */
+static ps_qnode *parse_unary(parser *p, int *neg) {
+    *neg = 0;
+    while (p->tok == T_NOT || p->tok == T_MINUS) {
+        *neg ^= 1;
+        lex(p);
+    }
+    if (p->failed)
+        return NULL;
+    switch (p->tok) {
+    case T_WORD: {
+        if (p->word_len < 1)
+            return fail(p, "empty term");
+        if (p->word_len > PS_TERM_MAX)
+            return fail(p, "term longer than 255 bytes");
+        ps_qnode *q = ps_q_term(p->word, p->word_len);
+        if (q == NULL)
+            return nomem(p);
+        lex(p);
+        return q;
+    }
+    case T_STAR: {
+        ps_qnode *q = ps_q_op(PS_Q_ALL, 0);
+        if (q == NULL)
+            return nomem(p);
+        lex(p);
+        return q;
+    }
+    case T_LPAREN: {
+        size_t open_at = p->tok_pos;
+        if (++p->depth > PS_Q_MAX_DEPTH)
+            return fail(p, "parentheses nested too deep");
+        lex(p);
+        ps_qnode *q = parse_or(p);
+        if (q == NULL)
+            return NULL;
+        if (p->tok != T_RPAREN) {
+            ps_q_free(q);
+            if (!p->failed) {
+                q_err(p->err, p->errlen, "query: missing ')' for '(' at position %zu", open_at);
+                p->failed = 1;
+            }
+            return NULL;
+        }
+        p->depth--;
+        lex(p);
+        return q;
+    }
+    case T_RPAREN:
+        return fail(p, "unexpected ')'");
+    default:
+        return fail(p, "expected a term");
+    }
+}
+
+/* Node of `kind` over list[0..n), or list[0] itself when n == 1. */
+static ps_qnode *group(parser *p, int kind, ps_qnode **list, uint32_t n) {
+    if (n == 1)
+        return list[0];
+    ps_qnode *q = ps_q_op(kind, n);
+    if (q == NULL)
+        return nomem(p);
+    memcpy(q->child, list, n * sizeof(*list));
+    return q;
+}
+
+static int push(ps_qnode ***list, uint32_t *n, uint32_t *cap, ps_qnode *q) {
+    if (*n == *cap) {
+        uint32_t c = *cap ? *cap * 2 : 4;
+        ps_qnode **l = realloc(*list, c * sizeof(*l));
+        if (l == NULL)
+            return -1;
+        *list = l;
+        *cap = c;
+    }
+    (*list)[(*n)++] = q;
+    return 0;
+}
+
+static ps_qnode *parse_and(parser *p) {
+    ps_qnode **pos = NULL, **neg = NULL;
+    uint32_t npos = 0, nneg = 0, cpos = 0, cneg = 0;
+    ps_qnode *result = NULL;
+    for (;;) {
+        int negated;
+        ps_qnode *q = parse_unary(p, &negated);
+        if (q == NULL)
+            goto out;
+        if (negated ? push(&neg, &nneg, &cneg, q) : push(&pos, &npos, &cpos, q)) {
+            ps_q_free(q);
+            nomem(p);
+            goto out;
+        }
+        if (p->tok == T_AND) {
+            lex(p);
+            continue;
+        }
+        if (p->tok == T_END || p->tok == T_OR || p->tok == T_RPAREN)
+            break;
+    }
+    ps_qnode *include;
+    if (npos == 0)
+        include = ps_q_op(PS_Q_ALL, 0);
+    else
+        include = group(p, PS_Q_AND, pos, npos);
+    if (include == NULL)
+        goto out;
+    npos = 0;  /* owned by include now */
+    if (nneg == 0) {
+        result = include;
+        goto out;
+    }
+    ps_qnode *exclude = group(p, PS_Q_OR, neg, nneg);
+    if (exclude == NULL) {
+        ps_q_free(include);
+        goto out;
+    }
+    nneg = 0;
+    result = ps_q_op(PS_Q_ANDNOT, 2);
+    if (result == NULL) {
+        ps_q_free(include);
+        ps_q_free(exclude);
+        nomem(p);
+        goto out;
+    }
+    result->child[0] = include;
+    result->child[1] = exclude;
+out:
+    for (uint32_t i = 0; i < npos; i++)
+        ps_q_free(pos[i]);
+    for (uint32_t i = 0; i < nneg; i++)
+        ps_q_free(neg[i]);
+    free(pos);
+    free(neg);
+    return result;
+}
+
+static ps_qnode *parse_or(parser *p) {
+    ps_qnode **list = NULL;
+    uint32_t n = 0, cap = 0;
+    ps_qnode *result = NULL;
+    for (;;) {
+        ps_qnode *q = parse_and(p);
+        if (q == NULL)
+            goto out;
+        if (push(&list, &n, &cap, q)) {
+            ps_q_free(q);
+            nomem(p);
+            goto out;
+        }
+        if (p->tok != T_OR)
+            break;
+        lex(p);
+    }
+    result = group(p, PS_Q_OR, list, n);
+    if (result != NULL)
+        n = 0;
+out:
+    for (uint32_t i = 0; i < n; i++)
+        ps_q_free(list[i]);
+    free(list);
+    return result;
+}
+
+int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t errlen) {
+    parser p = {.s = text, .len = len, .err = err, .errlen = errlen};
+    *out = NULL;
+    lex(&p);
+    if (p.tok == T_END && !p.failed) {
+        q_err(err, errlen, "query: empty");
+        return -1;
+    }
+    ps_qnode *q = parse_or(&p);
+    if (q != NULL && p.tok != T_END) {
+        ps_q_free(q);
+        q = fail(&p, p.tok == T_RPAREN ? "unbalanced ')'" : "unexpected token");
+    }
+    free(p.word);
+    if (q == NULL)
+        return -1;
+    *out = q;
+    return 0;
+}
+
+/* ---- iterators -------------------------------------------------------------- */
+
+enum { IT_EMPTY = 0 };
+
+typedef struct qit {
+    int kind;           /* PS_Q_* or IT_EMPTY */
+    uint32_t doc;       /* current doc, PS_DOC_END when exhausted */
+    uint32_t n;
+    struct qit **c;
+    uint64_t cost;      /* estimated matches, to order AND children */
+    double idf;
+    uint32_t limit;
+    ps_post_iter post;
+} qit;
+
+typedef struct qexec {
+    ps_segment *s;
+    uint32_t limit;     /* committed watermark of this query */
+    double k1, b, avgdl;
+} qexec;
+
+static void it_free(qit *it) {
+    if (it == NULL)
+        return;
+    for (uint32_t i = 0; i < it->n; i++)
+        it_free(it->c[i]);
+    free(it->c);
+    free(it);
+}
+
+static uint32_t it_next(qit *it);
+static uint32_t it_advance(qit *it, uint32_t target);
+
+static uint32_t and_align(qit *it) {
+    uint32_t t = it->c[0]->doc;
+    while (t != PS_DOC_END) {
+        uint32_t i;
+        for (i = 1; i < it->n; i++) {
+            uint32_t d = it_advance(it->c[i], t);
+            if (d != t) {
+                t = it_advance(it->c[0], d);
+                break;
+            }
+        }
+        if (i == it->n)
+            break;
+    }
+    return it->doc = t;
+}
+
+static uint32_t or_min(qit *it) {
+    uint32_t m = PS_DOC_END;
+    for (uint32_t i = 0; i < it->n; i++)
+        if (it->c[i]->doc < m)
+            m = it->c[i]->doc;
+    return it->doc = m;
+}
+
+static uint32_t andnot_align(qit *it) {
+    qit *inc = it->c[0], *exc = it->c[1];
+    for (;;) {
+        uint32_t d = inc->doc;
+        if (d == PS_DOC_END)
+            break;
+        if (it_advance(exc, d) != d)
+            break;
+        it_next(inc);
+    }
+    return it->doc = inc->doc;
+}
+
+static uint32_t it_next(qit *it) {
+    if (it->doc == PS_DOC_END)
+        return PS_DOC_END;
+    switch (it->kind) {
+    case PS_Q_TERM:
+        return it->doc = ps_post_iter_next(&it->post);
+    case PS_Q_ALL:
+        return it->doc = it->doc + 1 < it->limit ? it->doc + 1 : PS_DOC_END;
+    case PS_Q_AND:
+        it_next(it->c[0]);
+        return and_align(it);
+    case PS_Q_OR: {
+        uint32_t d = it->doc;
+        for (uint32_t i = 0; i < it->n; i++)
+            if (it->c[i]->doc == d)
+                it_next(it->c[i]);
+        return or_min(it);
+    }
+    case PS_Q_ANDNOT:
+        it_next(it->c[0]);
+        return andnot_align(it);
+    default:
+        return it->doc = PS_DOC_END;
+    }
+}
+
+static uint32_t it_advance(qit *it, uint32_t target) {
+    if (it->doc >= target)
+        return it->doc;
+    switch (it->kind) {
+    case PS_Q_TERM:
+        return it->doc = ps_post_iter_advance(&it->post, target);
+    case PS_Q_ALL:
+        return it->doc = target < it->limit ? target : PS_DOC_END;
+    case PS_Q_AND:
+        it_advance(it->c[0], target);
+        return and_align(it);
+    case PS_Q_OR:
+        for (uint32_t i = 0; i < it->n; i++)
+            if (it->c[i]->doc < target)
+                it_advance(it->c[i], target);
+        return or_min(it);
+    case PS_Q_ANDNOT:
+        it_advance(it->c[0], target);
+        return andnot_align(it);
+    default:
+        return it->doc = PS_DOC_END;
+    }
+}
+
+static int cmp_cost(const void *a, const void *b) {
+    const qit *x = *(qit *const *)a, *y = *(qit *const *)b;
+    return x->cost < y->cost ? -1 : x->cost > y->cost;
+}
+
+/* Compile q into an iterator positioned on its first match. */
+static qit *it_build(qexec *ex, const ps_qnode *q) {
+    qit *it = calloc(1, sizeof(*it));
+    if (it == NULL)
+        return NULL;
+    it->kind = q->kind;
+    it->limit = ex->limit;
+    if (q->nchild > 0) {
+        it->c = calloc(q->nchild, sizeof(*it->c));
+        if (it->c == NULL) {
+            free(it);
+            return NULL;
+        }
+        it->n = q->nchild;
+        for (uint32_t i = 0; i < q->nchild; i++) {
+            it->c[i] = it_build(ex, q->child[i]);
+            if (it->c[i] == NULL) {
+                it_free(it);
+                return NULL;
+            }
+        }
+    }
+    switch (q->kind) {
+    case PS_Q_TERM: {
+        uint64_t h = ps_hash64(q->term, q->len);
+        ps_shard *sh = &ex->s->shards[ps_seg_shard_of(ex->s, h)];
+        ps_term *t = ps_dict_find(&sh->dict, q->term, q->len, h);
+        if (t == NULL) {
+            it->kind = IT_EMPTY;
+            it->doc = PS_DOC_END;
+            break;
+        }
+        ps_post_iter_open(&it->post, &t->post, ex->limit);
+        it->doc = it->post.doc;
+        it->cost = it->post.n;
+        double df = it->post.n, n = ex->limit;
+        it->idf = log(1.0 + (n - df + 0.5) / (df + 0.5));
+        break;
+    }
+    case PS_Q_ALL:
+        it->doc = ex->limit > 0 ? 0 : PS_DOC_END;
+        it->cost = ex->limit;
+        break;
+    case PS_Q_AND:
+        /* Rarest first: it leads, the others only leap. */
+        qsort(it->c, it->n, sizeof(*it->c), cmp_cost);
+        it->cost = it->c[0]->cost;
+        and_align(it);
+        break;
+    case PS_Q_OR:
+        for (uint32_t i = 0; i < it->n; i++)
+            it->cost += it->c[i]->cost;
+        or_min(it);
+        break;
+    case PS_Q_ANDNOT:
+        it->cost = it->c[0]->cost;
+        andnot_align(it);
+        break;
+    }
+    return it;
+}
+
+/* BM25 contribution of the positive terms sitting on `doc`. */
+static double it_score(const qit *it, uint32_t doc, double norm, double k1p1) {
+    if (it->doc != doc)
+        return 0.0;
+    switch (it->kind) {
+    case PS_Q_TERM: {
+        double tf = ps_post_iter_tf(&it->post);
+        return it->idf * tf * k1p1 / (tf + norm);
+    }
+    case PS_Q_AND:
+    case PS_Q_OR: {
+        double sum = 0.0;
+        for (uint32_t i = 0; i < it->n; i++)
+            sum += it_score(it->c[i], doc, norm, k1p1);
+        return sum;
+    }
+    case PS_Q_ANDNOT:
+        return it_score(it->c[0], doc, norm, k1p1);
+    default:
+        return 0.0;
+    }
+}
+
+static qit *exec_open(qexec *ex, ps_segment *s, const ps_qnode *q) {
+    ex->s = s;
+    ex->limit = ps_seg_committed(s);
+    ex->k1 = s->k1;
+    ex->b = s->b;
+    uint64_t dl = atomic_load_explicit(&s->dl_committed, memory_order_relaxed);
+    ex->avgdl = ex->limit > 0 && dl > 0 ? (double)dl / ex->limit : 1.0;
+    return it_build(ex, q);
+}
+
+int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count) {
+    uint64_t g = ps_gen_enter(&s->gen);
+    qexec ex;
+    qit *it = exec_open(&ex, s, q);
+    if (it == NULL) {
+        ps_gen_exit(&s->gen, g);
+        return -1;
+    }
+    uint64_t n = 0;
+    for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
+        n += !ps_seg_is_deleted(s, d);
+    it_free(it);
+    ps_gen_exit(&s->gen, g);
+    *count = n;
+    return 0;
+}
+
+/* ---- top-K: a min-heap (worst hit at the root), deduplicated by key ------ */
+
+static inline int better(const ps_hit *a, const ps_hit *b) {
+    return a->score > b->score || (a->score == b->score && a->doc > b->doc);
+}
+
+static void sift_down(ps_hit *h, uint32_t n, uint32_t i) {
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && better(&h[m], &h[l]))
+            m = l;
+        if (r < n && better(&h[m], &h[r]))
+            m = r;
+        if (m == i)
+            return;
+        ps_hit t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+static void sift_up(ps_hit *h, uint32_t i) {
+    while (i > 0) {
+        uint32_t p = (i - 1) / 2;
+        if (!better(&h[p], &h[i]))
+            return;
+        ps_hit t = h[i];
+        h[i] = h[p];
+        h[p] = t;
+        i = p;
+    }
+}
+
+static int same_key(const ps_docrec *a, const ps_docrec *b) {
+    return a->key_hash == b->key_hash && a->key_len == b->key_len &&
+           memcmp(a->key, b->key, a->key_len) == 0;
+}
+
+static int cmp_best_first(const void *a, const void *b) {
+    const ps_hit *x = a, *y = b;
+    return better(x, y) ? -1 : better(y, x) ? 1 : 0;
+}
+
+int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
+                uint32_t *nout) {
+    *nout = 0;
+    uint64_t g = ps_gen_enter(&s->gen);
+    qexec ex;
+    qit *it = exec_open(&ex, s, q);
+    if (it == NULL) {
+        ps_gen_exit(&s->gen, g);
+        return -1;
+    }
+    const double k1p1 = ex.k1 + 1.0;
+    const double norm0 = ex.k1 * (1.0 - ex.b), norm1 = ex.k1 * ex.b / ex.avgdl;
+    uint32_t n = 0;
+    for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it)) {
+        if (ps_seg_is_deleted(s, d))
+            continue;
+        const ps_docrec *rec = ps_seg_doc(s, d);
+        ps_hit cand = {.doc = d};
+        if (order == PS_ORDER_SCORE)
+            cand.score = rec->score;
+        else if (order == PS_ORDER_RECENT)
+            cand.score = (double)d;
+        else
+            cand.score = it_score(it, d, norm0 + norm1 * rec->dl, k1p1);
+        if (n == k && !better(&cand, &out[0]))
+            continue;
+        /* One hit per key: during an update both versions may be live. */
+        uint32_t dup = n;
+        for (uint32_t i = 0; i < n; i++) {
+            if (same_key(ps_seg_doc(s, out[i].doc), rec)) {
+                dup = i;
+                break;
+            }
+        }
+        if (dup < n) {
+            const ps_docrec *old = ps_seg_doc(s, out[dup].doc);
+            if (old->version > rec->version || (old->version == rec->version && out[dup].doc > d))
+                continue;
+            out[dup] = cand;
+            sift_up(out, dup);
+            sift_down(out, n, dup);
+            continue;
+        }
+        if (n < k) {
+            out[n] = cand;
+            sift_up(out, n);
+            n++;
+        } else {
+            out[0] = cand;
+            sift_down(out, n, 0);
+        }
+    }
+    it_free(it);
+    ps_gen_exit(&s->gen, g);
+    qsort(out, n, sizeof(*out), cmp_best_first);
+    *nout = n;
+    return 0;
+}

@@ -1,0 +1,70 @@
+/*
+ * query.h - queries over a realtime segment: the query tree, its parser,
+ * and count / top-K execution.
+ *
+ * A query is a tree of ps_qnode: TERM (exact bytes), AND, OR (one or more
+ * children), ANDNOT (include, exclude), ALL (every document). The tree is
+ * built by the parser (ps_q_parse, the human syntax documented in
+ * pinstack/_core/_index.pyi) or node by node (the structured form, built by
+ * the Cython layer); it owns its term bytes and is freed with ps_q_free.
+ *
+ * Execution (query.c) compiles the tree into iterators over posting
+ * snapshots: TERM walks one posting list and leaps with its skip list;
+ * AND leapfrogs its children, rarest first; OR merges; ANDNOT skips what
+ * the exclude side reaches. The whole query sees one committed-document
+ * watermark, loaded once (acquire) at the start: documents are either
+ * entirely in or entirely out. Deleted documents are filtered by the
+ * collector (count, top-K); a delete landing during the query may or may
+ * not be seen, as with any concurrent read.
+ *
+ * Threads: any number of queries at once, on any threads, concurrently
+ * with the writers; each runs inside a generation read section and takes
+ * no lock. Call without the GIL.
+ */
+#ifndef PS_INDEX_QUERY_H
+#define PS_INDEX_QUERY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "segment.h"
+
+enum { PS_Q_TERM = 1, PS_Q_AND, PS_Q_OR, PS_Q_ANDNOT, PS_Q_ALL };
+enum { PS_ORDER_SCORE = 0, PS_ORDER_BM25, PS_ORDER_RECENT };
+
+#define PS_Q_MAX_DEPTH 64
+#define PS_Q_MAX_NODES 4096
+#define PS_K_MAX 10000
+
+typedef struct ps_qnode {
+    int kind;
+    uint32_t nchild;
+    struct ps_qnode **child;
+    char *term;       /* TERM: owned copy */
+    uint32_t len;
+} ps_qnode;
+
+/* Builders; NULL when out of memory. An op node starts with nchild NULL
+ * children for the caller to fill. */
+ps_qnode *ps_q_term(const char *term, uint32_t len);
+ps_qnode *ps_q_op(int kind, uint32_t nchild);
+void ps_q_free(ps_qnode *q);
+/* Shape checks (arity, term length, depth, size); 0 or -1 with err. */
+int ps_q_check(const ps_qnode *q, char *err, size_t errlen);
+/* Parse the human syntax; 0 with *out, or -1 with err naming the
+ * position. */
+int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t errlen);
+
+typedef struct ps_hit {
+    uint32_t doc;
+    double score;
+} ps_hit;
+
+/* Number of live documents matching q. 0, or -1 when out of memory. */
+int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count);
+/* Best k (1..PS_K_MAX) live matches, best first, deduplicated by key
+ * (newest version wins). 0, or -1 when out of memory. */
+int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
+                uint32_t *nout);
+
+#endif

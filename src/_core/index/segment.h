@@ -1,0 +1,248 @@
+/*
+ * segment.h - the realtime segment: the one mutable piece of a
+ * pinstack-leaf index (Manas "active realtime segment").
+ *
+ * WHAT IT HOLDS
+ *   inverted index  term -> posting list, split into `nshards` term shards
+ *                   (a term's shard is fixed by its hash); each shard has
+ *                   its own dictionary (termdict.h) and arena, and exactly
+ *                   one writer thread at a time.
+ *   forward index   doc id -> key, version, static score, text length, blob
+ *                   (ps_docrec, in chunks of 4096 records that never move);
+ *                   keys and blobs in the owner's arena.
+ *   deleted bitmap  one bit per doc id, set atomically, never cleared.
+ *   key map         key -> newest live doc id and the newest version seen
+ *                   (a version survives a delete as a tombstone).
+ *
+ * DOCUMENT-LEVEL COMMIT
+ *   Doc ids are handed out in order. `committed` is the watermark: every
+ *   doc below it has all its terms in every posting list and its forward
+ *   record written; readers load it once per query (acquire) and never
+ *   look at a doc at or above it. A reader therefore never sees part of a
+ *   document. The writer that advances `committed` does so with a release
+ *   store after every shard has reported (release store of its `progress`,
+ *   read with acquire) that it is done with those documents.
+ *
+ *   An update is add-new then delete-old: after the new doc commits, the
+ *   old one's deleted bit is set and the key map points at the new one.
+ *   A query that runs across that instant may meet both; top-K results are
+ *   deduplicated by key (newest version wins) in query.c.
+ *
+ * THREADS AND LOCKS
+ *   owner       the caller of add/add_batch/delete/seal, one at a time
+ *               (write_lock). It validates, assigns doc ids, writes the
+ *               forward index, tokenizes, and splits each document's terms
+ *               by shard. Alone (writer_threads == 1, or add()), it also
+ *               appends every posting and commits each document itself.
+ *   shard k     in add_batch with writer_threads > 1: the owner works as
+ *               shard 0; threads 1..n-1 append their shards' postings for
+ *               the batch, each publishing `progress` (docs of the batch it
+ *               has finished) and trying to advance the commit.
+ *   readers     any number of threads: search/count/get. No locks except
+ *               get(), which takes key_lock for the key map lookup.
+ *   key_lock    guards the key map and the commit step (advancing
+ *               `committed`, applying superseding deletes). Short.
+ *   Lock order: write_lock, then key_lock.
+ *
+ * Freed memory: only directories and dictionary tables that grew, retired
+ * through the generation handler (gen.h). Everything else lives until
+ * ps_seg_free, which the caller must call only when no reader or writer is
+ * inside the segment (the Python object guarantees it by reference).
+ */
+#ifndef PS_INDEX_SEGMENT_H
+#define PS_INDEX_SEGMENT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "gen.h"
+#include "termdict.h"
+
+#define PS_KEY_MAX 1024
+#define PS_MAX_SHARDS 64
+#define PS_DOCS_PER_CHUNK 4096u
+#define PS_DOC_NONE UINT32_MAX
+
+/* Status codes of the writer API; err text says more. */
+enum {
+    PS_OK = 0,
+    PS_ERR_INVALID = 1, /* a malformed document or argument */
+    PS_ERR_FULL = 2,    /* max_docs reached */
+    PS_ERR_SEALED = 3,  /* write to a sealed segment */
+    PS_ERR_NOMEM = 4,
+};
+
+/* One document handed to the writer. Pointers are the caller's and need
+ * only stay valid for the duration of the call. */
+typedef struct ps_doc_in {
+    const char *key;
+    uint32_t key_len;
+    int64_t version;
+    const char *text;  /* NULL: no text field */
+    size_t text_len;
+    const char *const *terms;
+    const uint32_t *term_lens;
+    uint32_t nterms;
+    double score;
+    const char *blob;
+    size_t blob_len;
+} ps_doc_in;
+
+typedef struct ps_docrec {
+    const char *key;
+    const char *blob;
+    uint32_t key_len;
+    uint32_t blob_len;
+    int64_t version;
+    double score;
+    uint32_t dl;        /* text tokens, for BM25 */
+    uint32_t key_hash;  /* for deduplication by key */
+} ps_docrec;
+
+typedef struct ps_docchunk {
+    ps_docrec rec[PS_DOCS_PER_CHUNK];
+    _Atomic uint64_t deleted[PS_DOCS_PER_CHUNK / 64];
+} ps_docchunk;
+
+/* One term occurrence for a shard to append: (doc, term, tf). */
+typedef struct ps_work {
+    uint64_t hash;
+    const char *term;
+    uint32_t len;
+    uint32_t doc;
+    uint32_t tf;
+} ps_work;
+
+typedef struct ps_keyent {
+    uint64_t hash;
+    const char *key;  /* in the owner's arena */
+    uint32_t key_len;
+    uint32_t doc;     /* live doc id, or PS_DOC_NONE */
+    int64_t version;  /* newest version accepted (add or versioned delete) */
+} ps_keyent;
+
+struct ps_segment;
+
+typedef struct ps_shard {
+    struct ps_segment *seg;
+    uint32_t index;
+    ps_dict dict;
+    ps_arena arena;            /* term entries and posting buckets */
+    ps_work *work;             /* this batch's occurrences, in doc order */
+    size_t nwork, work_cap;
+    _Atomic uint32_t progress; /* docs below this are done (batch mode) */
+    _Atomic uint64_t postings;
+    pthread_t thread;
+    bool has_thread;
+    char pad[64];
+} ps_shard;
+
+typedef struct ps_segment {
+    uint32_t max_docs;
+    uint32_t nshards;
+    double k1, b;
+    ps_gen gen;
+
+    /* commit */
+    _Atomic uint32_t committed;
+    _Atomic uint64_t dl_committed;  /* sum of dl over committed docs */
+    _Atomic uint32_t deleted_count;
+    uint32_t next_doc;              /* owner: next id to hand out */
+
+    /* forward index */
+    ps_docchunk **chunks;           /* [ceil(max_docs / 4096)], filled lazily */
+    uint32_t nchunks;
+    _Atomic uint32_t chunks_used;
+    ps_arena fwd_arena;             /* keys and blobs (owner) */
+
+    /* key map (key_lock) */
+    pthread_mutex_t key_lock;
+    ps_keyent **keys;               /* open addressing, entries in fwd_arena */
+    uint64_t key_mask, key_count;
+
+    /* writers */
+    pthread_mutex_t write_lock;
+    ps_shard *shards;
+    /* batch hand-off to shard threads (pool_lock) */
+    pthread_mutex_t pool_lock;
+    pthread_cond_t pool_cond;       /* shard threads wait for a batch */
+    pthread_cond_t done_cond;       /* the owner waits for them */
+    uint64_t batch_seq;
+    uint32_t batch_running;         /* shard threads still working */
+    uint32_t batch_failed;          /* appends that ran out of memory */
+    bool stopping;
+    /* the batch in flight (written by the owner before hand-off) */
+    uint32_t batch_base, batch_end;
+    ps_keyent **batch_keyent;       /* key map entry per doc of the batch */
+    size_t batch_cap;
+
+    /* owner scratch for tokenizing one document */
+    char *lower;                    /* lowercased text */
+    size_t lower_cap;
+    ps_work *doc_terms;             /* this document's distinct terms */
+    uint32_t doc_terms_cap;
+    uint32_t *doc_slots;            /* open-addressing index into doc_terms */
+    uint32_t doc_slots_cap;
+
+    _Atomic int sealed;
+    _Atomic uint64_t stale_dropped;
+    _Atomic uint64_t input_bytes;
+} ps_segment;
+
+/* Create; NULL with err filled on failure. */
+ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
+                       char *err, size_t errlen);
+void ps_seg_free(ps_segment *s);
+
+/* Index docs[0..n) in order. threaded: hand postings to the shard threads
+ * (only matters when nshards > 1). ids (may be NULL): per doc, its doc id
+ * or -1 if dropped as stale. *added: documents added. Everything is
+ * validated before anything is indexed: on PS_ERR_INVALID/FULL/SEALED
+ * nothing changed. Blocks until every added document is committed. */
+int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool threaded,
+                     int64_t *ids, uint32_t *added, char *err, size_t errlen);
+/* Delete by key; has_version: only if the live doc is not newer, leaving a
+ * tombstone. *deleted: 1 if a live document was deleted. */
+int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_version,
+                  int64_t version, int *deleted, char *err, size_t errlen);
+/* The key's live doc id, or -1. */
+int64_t ps_seg_get(ps_segment *s, const char *key, uint32_t key_len);
+/* Freeze; stops the shard threads. */
+void ps_seg_seal(ps_segment *s);
+
+static inline uint32_t ps_seg_committed(ps_segment *s) {
+    return atomic_load_explicit(&s->committed, memory_order_acquire);
+}
+/* Forward record of a doc below the committed watermark. */
+static inline const ps_docrec *ps_seg_doc(const ps_segment *s, uint32_t doc) {
+    return &s->chunks[doc / PS_DOCS_PER_CHUNK]->rec[doc % PS_DOCS_PER_CHUNK];
+}
+static inline bool ps_seg_is_deleted(const ps_segment *s, uint32_t doc) {
+    ps_docchunk *c = s->chunks[doc / PS_DOCS_PER_CHUNK];
+    uint64_t w = atomic_load_explicit(&c->deleted[(doc % PS_DOCS_PER_CHUNK) / 64],
+                                      memory_order_relaxed);
+    return (w >> (doc % 64)) & 1;
+}
+static inline uint32_t ps_seg_shard_of(const ps_segment *s, uint64_t hash) {
+    return (uint32_t)((hash >> 40) % s->nshards);
+}
+
+typedef struct ps_seg_stats {
+    uint64_t docs_added, docs_committed, docs_live, docs_deleted, stale_dropped;
+    uint64_t terms, postings, keys;
+    uint64_t bytes_postings, bytes_dictionary, bytes_forward, bytes_arena, bytes_total;
+    uint64_t input_bytes, generation, retired_pending, reclaimed;
+} ps_seg_stats;
+void ps_seg_stats_get(ps_segment *s, ps_seg_stats *out);
+
+/* Tokenizer of the text field, exposed for tests and the flush: calls
+ * fn(token, len, arg) for every token (already lowercased into `buf`,
+ * which must hold text_len bytes). */
+typedef void (*ps_token_fn)(const char *tok, uint32_t len, void *arg);
+void ps_tokenize(const char *text, size_t text_len, char *buf, ps_token_fn fn, void *arg);
+
+#endif

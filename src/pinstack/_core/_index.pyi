@@ -1,0 +1,143 @@
+"""Type stub for pinstack._core._index (built from src/_core/index/_index.pyx).
+
+The realtime segment of pinstack-leaf: an in-memory inverted index plus
+forward index where a document is searchable the moment add() returns.
+Public names are re-exported by pinstack.leaf; import from there.
+
+Documents
+---------
+A document has a key (bytes or str; str is UTF-8 encoded; 1..1024 bytes), a
+version (int64; newer wins), a text field (str or None) tokenized in C, a
+list of exact terms, a static score (float) and a blob (bytes).
+
+* text: lowercased (ASCII A-Z only), split into tokens: maximal runs of
+  ASCII letters and digits and of bytes >= 0x80 (so UTF-8 letters stay
+  inside tokens); tokens longer than 255 bytes are dropped. Each token is a
+  term; its repetitions are its term frequency; the token count is the
+  document length used by BM25.
+* terms: indexed verbatim (no lowercasing), as given; a repeated term adds
+  to its term frequency. 1..255 bytes each. Terms and text tokens share one
+  term space.
+
+Versions and keys: one key has at most one live document. add() of a key
+that has a live document with a version greater than the new one is
+dropped (returns -1, counted as `stale_dropped`); otherwise the new
+document is added, committed, and then the old one is deleted (an update is
+add-new + delete-old). A delete leaves a tombstone with its version, so an
+add older than a versioned delete is dropped too.
+
+Queries
+-------
+A query is either a string in the human syntax or a structured form:
+
+    ("term", "cat")                 exact term (str or bytes)
+    ("and", q1, q2, ...)            all of them (at least one child)
+    ("or", q1, q2, ...)             any of them (at least one child)
+    ("andnot", include, exclude)    include but not exclude
+    ("all",)                        every live document
+
+Human syntax: `cat AND (dog OR bird) -fish`. Words separated by spaces are
+ANDed; AND, OR, NOT are operators (uppercase only); `-x` and `NOT x` mean
+"and not x"; parentheses group; NOT binds tighter than AND, AND tighter than
+OR; `*` is every document; "double quotes" make an exact term of anything
+(backslash escapes `"` and `\\`). A query that is only negative (`-fish`)
+means every document except those. Terms are matched exactly: text tokens
+are lowercase, so search lowercase. Bad syntax raises ValueError naming the
+position.
+
+Results are live (committed, not deleted) documents, newest version per key
+(deduplicated by key), best first:
+
+    order="score"  static score, descending; ties: higher doc id first
+    order="bm25"   BM25 (k1, b from the constructor) over the query's
+                   positive terms; ties: higher doc id first
+    order="recent" doc id descending (newest first)
+
+Threads: every method except add/add_batch/delete/seal may be called from
+any number of threads at once; search/count/get run with the GIL released
+and never block writers. add/add_batch/delete/seal serialize among
+themselves (a writer mutex); while they run, readers keep reading.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple, Union
+
+Key = Union[bytes, str]
+Term = Union[bytes, str]
+Query = Union[str, tuple[Any, ...]]
+
+class Hit(NamedTuple):
+    key: bytes
+    version: int
+    score: float     # BM25 for order="bm25", else the static score
+    blob: bytes
+    doc_id: int      # local id within this segment (add order)
+
+class SegmentFull(RuntimeError):
+    """The segment holds max_docs documents: seal it and start another."""
+
+class SegmentSealed(RuntimeError):
+    """A write to a sealed segment."""
+
+class RealtimeSegment:
+    def __init__(
+        self,
+        writer_threads: int = 1,      # term-shard writer threads (1..64)
+        max_docs: int = 1 << 24,      # capacity; add beyond raises SegmentFull
+        k1: float = 1.2,
+        b: float = 0.75,
+    ) -> None: ...
+
+    def add(
+        self,
+        key: Key,
+        version: int,
+        *,
+        text: str | None = None,
+        terms: Iterable[Term] = (),
+        score: float = 0.0,
+        blob: bytes = b"",
+    ) -> int:
+        """Index one document; it is searchable when this returns.
+
+        Returns its doc id, or -1 if dropped as stale (older version)."""
+
+    def add_batch(self, docs: Sequence[tuple[Any, ...]]) -> int:
+        """The fast path: index many documents with all writer threads.
+
+        Each item is (key, version, text, terms, score, blob), where text may
+        be None, terms any sequence of str/bytes, blob bytes. Documents are
+        committed in order, each as soon as all its terms are in (readers
+        see a prefix of the batch growing). Returns how many were added
+        (not dropped as stale). Raises ValueError for a malformed item
+        before anything of the batch is indexed."""
+
+    def delete(self, key: Key, version: int | None = None) -> bool:
+        """Delete the key's live document. With a version, only if the live
+        document is not newer, and leave a tombstone of that version.
+        True if a document was deleted."""
+
+    def search(self, query: Query, k: int = 10, order: str = "score") -> list[Hit]: ...
+    def count(self, query: Query) -> int:
+        """Number of live documents matching (no dedup across an update in
+        flight: during the instant between add-new and delete-old of one
+        key, both may be counted)."""
+    def get(self, key: Key) -> Hit | None:
+        """The key's live document, or None."""
+    def seal(self) -> None:
+        """Freeze: later writes raise SegmentSealed; reads go on. Idempotent."""
+    @property
+    def sealed(self) -> bool: ...
+    def __len__(self) -> int:
+        """Live documents."""
+    def stats(self) -> dict[str, Any]:
+        """Counters and memory, all ints except the ratios (floats):
+        docs_added, docs_committed, docs_live, docs_deleted, stale_dropped,
+        terms, postings, writer_threads, max_docs, sealed (0/1),
+        bytes_postings, bytes_dictionary, bytes_forward, bytes_arena,
+        bytes_total, input_bytes (raw size of everything given to add:
+        key + text + terms + blob), bytes_per_posting, bytes_per_doc,
+        generation, retired_pending, reclaimed."""
+
+def parse_query(query: str) -> tuple[Any, ...]:
+    """The structured form of a human-syntax query (raises ValueError)."""
