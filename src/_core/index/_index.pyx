@@ -63,8 +63,6 @@ cdef extern from "segment.h" nogil:
         uint32_t key_len
         uint32_t blob_len
         int64_t version
-        double score
-        uint32_t dl
 
     ctypedef struct ps_seg_stats:
         uint64_t docs_added, docs_committed, docs_live, docs_deleted, stale_dropped
@@ -83,6 +81,7 @@ cdef extern from "segment.h" nogil:
     void ps_seg_seal(ps_segment *s)
     uint32_t ps_seg_committed(ps_segment *s)
     const ps_docrec *ps_seg_doc(const ps_segment *s, uint32_t doc)
+    double ps_seg_score(const ps_segment *s, uint32_t doc)
     void ps_seg_stats_get(ps_segment *s, ps_seg_stats *out)
 
 
@@ -419,7 +418,7 @@ cdef class RealtimeSegment:
             if rc != 0:
                 raise MemoryError()
             if ord_ == PS_ORDER_RECENT:  # ranked by doc id; report the static score
-                return [self._hit(hits[i].doc, ps_seg_doc(self.seg, hits[i].doc).score)
+                return [self._hit(hits[i].doc, ps_seg_score(self.seg, hits[i].doc))
                         for i in range(nout)]
             return [self._hit(hits[i].doc, hits[i].score) for i in range(nout)]
         finally:
@@ -449,7 +448,7 @@ cdef class RealtimeSegment:
             doc = ps_seg_get(self.seg, p, <uint32_t>n)
         if doc < 0:
             return None
-        return self._hit(<uint32_t>doc, ps_seg_doc(self.seg, <uint32_t>doc).score)
+        return self._hit(<uint32_t>doc, ps_seg_score(self.seg, <uint32_t>doc))
 
     def seal(self):
         """Freeze the segment: later writes raise SegmentSealed; reads go on."""

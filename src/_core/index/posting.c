@@ -115,13 +115,8 @@ void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit) {
     iter_settle(it);
 }
 
-uint32_t ps_post_iter_next(ps_post_iter *it) {
-    if (it->doc == PS_DOC_END)
-        return PS_DOC_END;
-    if (it->off + 1 < it->bucket_n) {
-        it->off++;
-        it->i++;
-    } else if (it->b + 1 < it->nbuckets) {
+uint32_t ps_post_iter_next_bucket(ps_post_iter *it) {
+    if (it->b + 1 < it->nbuckets) {
         iter_enter_bucket(it, it->b + 1, 0);
     } else {
         it->doc = PS_DOC_END;
@@ -168,7 +163,17 @@ uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target) {
         iter_enter_bucket(it, lo, 0);
         from = 0;
     }
-    uint32_t k = lower_bound(it->docs, from, it->bucket_n, target);
+    /* Gallop from the current position (matches of an AND are usually
+     * near), then binary search the last step. */
+    uint32_t lo = from, step = 1, hi = from;
+    while (hi < it->bucket_n && it->docs[hi] < target) {
+        lo = hi + 1;
+        hi += step;
+        step <<= 1;
+    }
+    if (hi > it->bucket_n)
+        hi = it->bucket_n;
+    uint32_t k = lower_bound(it->docs, lo, hi, target);
     if (k == it->bucket_n) {
         /* Everything in this bucket is below target: the next bucket's
          * first doc is above it (that is how the bucket was chosen). */
@@ -182,4 +187,28 @@ uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target) {
     it->off = k;
     it->i = bucket_start(it->b) + k;
     return iter_settle(it);
+}
+
+uint32_t ps_post_iter_count(const ps_post_iter *it) {
+    if (it->n == 0)
+        return 0;
+    uint32_t b, off;
+    ps_post_locate(it->n - 1, &b, &off);
+    if (it->dir[b].docs[off] < it->limit)
+        return it->n;
+    /* Some entries belong to documents not yet committed: find the first
+     * entry >= limit through the skip list. */
+    uint32_t lo = 0, hi = it->nbuckets;
+    while (lo + 1 < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (it->dir[mid].first_doc < it->limit)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    if (it->dir[lo].first_doc >= it->limit)
+        return 0;
+    uint32_t start = bucket_start(lo), cap = ps_post_bucket_cap(lo);
+    uint32_t in_bucket = it->n - start < cap ? it->n - start : cap;
+    return start + lower_bound(it->dir[lo].docs, 0, in_bucket, it->limit);
 }

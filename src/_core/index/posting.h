@@ -113,7 +113,21 @@ typedef struct ps_post_iter {
 } ps_post_iter;
 
 void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit);
-uint32_t ps_post_iter_next(ps_post_iter *it);
+/* Step into bucket b+1 (the current one is used up). */
+uint32_t ps_post_iter_next_bucket(ps_post_iter *it);
+static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
+    if (it->doc == PS_DOC_END)
+        return PS_DOC_END;
+    if (__builtin_expect(it->off + 1 < it->bucket_n, 1)) {
+        it->off++;
+        it->i++;
+        uint32_t d = it->docs[it->off];
+        return it->doc = d < it->limit ? d : PS_DOC_END;
+    }
+    return ps_post_iter_next_bucket(it);
+}
+/* Entries of the snapshot with doc < limit, without walking them. */
+uint32_t ps_post_iter_count(const ps_post_iter *it);
 /* First entry with doc >= target (target > current doc), using the skip
  * list to leap over whole buckets. */
 uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target);

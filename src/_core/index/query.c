@@ -8,6 +8,7 @@
 #include "query.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -423,6 +424,24 @@ int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t e
 
 enum { IT_EMPTY = 0 };
 
+/*
+ * OR over two or more operands runs window by window, as tantivy's union
+ * does: every operand drains its matches in [base, base + OR_WINDOW) into
+ * a bitmap (and, when scoring, adds its BM25 contribution into acc[]),
+ * then the window is read back in doc order. That replaces a heap or a
+ * min-scan per document with one bit set per posting and a word scan.
+ * Invariant: every operand is positioned at or beyond the window's end.
+ */
+#define OR_WINDOW 4096u
+
+typedef struct or_window {
+    uint32_t base;
+    uint64_t bits[OR_WINDOW / 64];
+    double acc[OR_WINDOW];  /* zero except at set bits (scoring only) */
+} or_window;
+
+struct qexec;
+
 typedef struct qit {
     int kind;           /* PS_Q_* or IT_EMPTY */
     uint32_t doc;       /* current doc, PS_DOC_END when exhausted */
@@ -431,6 +450,8 @@ typedef struct qit {
     uint64_t cost;      /* estimated matches, to order AND children */
     double idf;
     uint32_t limit;
+    const struct qexec *ex;
+    or_window *win;     /* OR with n >= 2 */
     ps_post_iter post;
 } qit;
 
@@ -438,6 +459,7 @@ typedef struct qexec {
     ps_segment *s;
     uint32_t limit;     /* committed watermark of this query */
     double k1, b, avgdl;
+    bool scoring;       /* BM25 wanted: OR windows accumulate scores */
 } qexec;
 
 static void it_free(qit *it) {
@@ -446,7 +468,14 @@ static void it_free(qit *it) {
     for (uint32_t i = 0; i < it->n; i++)
         it_free(it->c[i]);
     free(it->c);
+    free(it->win);
     free(it);
+}
+
+static double it_score(const qit *it, uint32_t doc, double norm, double k1p1);
+
+static inline double doc_norm(const qexec *ex, uint32_t doc) {
+    return ex->k1 * (1.0 - ex->b + ex->b * ps_seg_dl(ex->s, doc) / ex->avgdl);
 }
 
 static uint32_t it_next(qit *it);
@@ -490,6 +519,80 @@ static uint32_t andnot_align(qit *it) {
     return it->doc = inc->doc;
 }
 
+/* First set bit of the window at or after offset `from`, as a doc id. */
+static uint32_t win_scan(qit *it, uint32_t from) {
+    or_window *w = it->win;
+    uint32_t wi = from / 64;
+    if (wi >= OR_WINDOW / 64)
+        return PS_DOC_END;
+    uint64_t word = w->bits[wi] & (~0ull << (from % 64));
+    for (;;) {
+        if (word != 0)
+            return w->base + wi * 64 + (uint32_t)__builtin_ctzll(word);
+        if (++wi == OR_WINDOW / 64)
+            return PS_DOC_END;
+        word = w->bits[wi];
+    }
+}
+
+/* Start a window at the lowest operand doc and drain every operand into it. */
+static uint32_t win_fill(qit *it) {
+    or_window *w = it->win;
+    if (it->ex->scoring) {
+        for (uint32_t wi = 0; wi < OR_WINDOW / 64; wi++)
+            for (uint64_t b = w->bits[wi]; b; b &= b - 1)
+                w->acc[wi * 64 + (uint32_t)__builtin_ctzll(b)] = 0.0;
+    }
+    memset(w->bits, 0, sizeof(w->bits));
+    uint32_t base = PS_DOC_END;
+    for (uint32_t i = 0; i < it->n; i++)
+        if (it->c[i]->doc < base)
+            base = it->c[i]->doc;
+    if (base == PS_DOC_END)
+        return it->doc = PS_DOC_END;
+    w->base = base;
+    uint64_t end = (uint64_t)base + OR_WINDOW;
+    const double k1p1 = it->ex->k1 + 1.0;
+    for (uint32_t i = 0; i < it->n; i++) {
+        qit *c = it->c[i];
+        if (c->kind == PS_Q_TERM && !it->ex->scoring) {
+            ps_post_iter *p = &c->post;
+            for (uint32_t d = c->doc; d < end; d = ps_post_iter_next(p)) {
+                uint32_t o = d - base;
+                w->bits[o / 64] |= 1ull << (o % 64);
+            }
+            c->doc = p->doc;
+            continue;
+        }
+        for (uint32_t d = c->doc; d < end; d = it_next(c)) {
+            uint32_t o = d - base;
+            w->bits[o / 64] |= 1ull << (o % 64);
+            if (it->ex->scoring)
+                w->acc[o] += it_score(c, d, doc_norm(it->ex, d), k1p1);
+        }
+    }
+    return it->doc = win_scan(it, 0);
+}
+
+static uint32_t win_next(qit *it) {
+    uint32_t d = win_scan(it, it->doc - it->win->base + 1);
+    return d != PS_DOC_END ? (it->doc = d) : win_fill(it);
+}
+
+static uint32_t win_advance(qit *it, uint32_t target) {
+    or_window *w = it->win;
+    if ((uint64_t)target < (uint64_t)w->base + OR_WINDOW) {
+        uint32_t d = win_scan(it, target - w->base);
+        if (d != PS_DOC_END)
+            return it->doc = d;
+    } else {
+        for (uint32_t i = 0; i < it->n; i++)
+            if (it->c[i]->doc < target)
+                it_advance(it->c[i], target);
+    }
+    return win_fill(it);
+}
+
 static uint32_t it_next(qit *it) {
     if (it->doc == PS_DOC_END)
         return PS_DOC_END;
@@ -502,6 +605,8 @@ static uint32_t it_next(qit *it) {
         it_next(it->c[0]);
         return and_align(it);
     case PS_Q_OR: {
+        if (it->win != NULL)
+            return win_next(it);
         uint32_t d = it->doc;
         for (uint32_t i = 0; i < it->n; i++)
             if (it->c[i]->doc == d)
@@ -528,6 +633,8 @@ static uint32_t it_advance(qit *it, uint32_t target) {
         it_advance(it->c[0], target);
         return and_align(it);
     case PS_Q_OR:
+        if (it->win != NULL)
+            return win_advance(it, target);
         for (uint32_t i = 0; i < it->n; i++)
             if (it->c[i]->doc < target)
                 it_advance(it->c[i], target);
@@ -552,6 +659,7 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
         return NULL;
     it->kind = q->kind;
     it->limit = ex->limit;
+    it->ex = ex;
     if (q->nchild > 0) {
         it->c = calloc(q->nchild, sizeof(*it->c));
         if (it->c == NULL) {
@@ -597,7 +705,16 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
     case PS_Q_OR:
         for (uint32_t i = 0; i < it->n; i++)
             it->cost += it->c[i]->cost;
-        or_min(it);
+        if (it->n >= 2) {
+            it->win = calloc(1, sizeof(or_window));
+            if (it->win == NULL) {
+                it_free(it);
+                return NULL;
+            }
+            win_fill(it);
+        } else {
+            or_min(it);
+        }
         break;
     case PS_Q_ANDNOT:
         it->cost = it->c[0]->cost;
@@ -616,8 +733,11 @@ static double it_score(const qit *it, uint32_t doc, double norm, double k1p1) {
         double tf = ps_post_iter_tf(&it->post);
         return it->idf * tf * k1p1 / (tf + norm);
     }
-    case PS_Q_AND:
-    case PS_Q_OR: {
+    case PS_Q_OR:
+        if (it->win != NULL)
+            return it->win->acc[doc - it->win->base];
+        /* fall through */
+    case PS_Q_AND: {
         double sum = 0.0;
         for (uint32_t i = 0; i < it->n; i++)
             sum += it_score(it->c[i], doc, norm, k1p1);
@@ -630,8 +750,9 @@ static double it_score(const qit *it, uint32_t doc, double norm, double k1p1) {
     }
 }
 
-static qit *exec_open(qexec *ex, ps_segment *s, const ps_qnode *q) {
+static qit *exec_open(qexec *ex, ps_segment *s, const ps_qnode *q, bool scoring) {
     ex->s = s;
+    ex->scoring = scoring;
     ex->limit = ps_seg_committed(s);
     ex->k1 = s->k1;
     ex->b = s->b;
@@ -642,15 +763,27 @@ static qit *exec_open(qexec *ex, ps_segment *s, const ps_qnode *q) {
 
 int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count) {
     uint64_t g = ps_gen_enter(&s->gen);
+    /* Deletes that land while the query runs may or may not be seen; if
+     * there were none when it started, skip the bitmap entirely. */
+    const bool check_deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed) != 0;
     qexec ex;
-    qit *it = exec_open(&ex, s, q);
+    qit *it = exec_open(&ex, s, q, false);
     if (it == NULL) {
         ps_gen_exit(&s->gen, g);
         return -1;
     }
     uint64_t n = 0;
-    for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
-        n += !ps_seg_is_deleted(s, d);
+    if (!check_deleted && it->kind == PS_Q_TERM) {
+        n = ps_post_iter_count(&it->post);  /* no walk: the snapshot's size */
+    } else if (!check_deleted && it->kind == PS_Q_ALL) {
+        n = ex.limit;
+    } else if (!check_deleted) {
+        for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
+            n++;
+    } else {
+        for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
+            n += !ps_seg_is_deleted(s, d);
+    }
     it_free(it);
     ps_gen_exit(&s->gen, g);
     *count = n;
@@ -692,8 +825,7 @@ static void sift_up(ps_hit *h, uint32_t i) {
 }
 
 static int same_key(const ps_docrec *a, const ps_docrec *b) {
-    return a->key_hash == b->key_hash && a->key_len == b->key_len &&
-           memcmp(a->key, b->key, a->key_len) == 0;
+    return a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0;
 }
 
 static int cmp_best_first(const void *a, const void *b) {
@@ -706,31 +838,35 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
     *nout = 0;
     uint64_t g = ps_gen_enter(&s->gen);
     qexec ex;
-    qit *it = exec_open(&ex, s, q);
+    qit *it = exec_open(&ex, s, q, order == PS_ORDER_BM25);
     if (it == NULL) {
         ps_gen_exit(&s->gen, g);
         return -1;
     }
     const double k1p1 = ex.k1 + 1.0;
     const double norm0 = ex.k1 * (1.0 - ex.b), norm1 = ex.k1 * ex.b / ex.avgdl;
+    const bool check_deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed) != 0;
     uint32_t n = 0;
     for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it)) {
-        if (ps_seg_is_deleted(s, d))
+        if (check_deleted && ps_seg_is_deleted(s, d))
             continue;
-        const ps_docrec *rec = ps_seg_doc(s, d);
+        const ps_docchunk *chunk = s->chunks[d / PS_DOCS_PER_CHUNK];
+        const uint32_t o = d % PS_DOCS_PER_CHUNK;
         ps_hit cand = {.doc = d};
         if (order == PS_ORDER_SCORE)
-            cand.score = rec->score;
+            cand.score = chunk->score[o];
         else if (order == PS_ORDER_RECENT)
             cand.score = (double)d;
         else
-            cand.score = it_score(it, d, norm0 + norm1 * rec->dl, k1p1);
+            cand.score = it_score(it, d, norm0 + norm1 * chunk->dl[o], k1p1);
         if (n == k && !better(&cand, &out[0]))
             continue;
         /* One hit per key: during an update both versions may be live. */
+        const ps_docrec *rec = &chunk->rec[o];
+        cand.key_hash = rec->key_hash;
         uint32_t dup = n;
         for (uint32_t i = 0; i < n; i++) {
-            if (same_key(ps_seg_doc(s, out[i].doc), rec)) {
+            if (out[i].key_hash == cand.key_hash && same_key(ps_seg_doc(s, out[i].doc), rec)) {
                 dup = i;
                 break;
             }

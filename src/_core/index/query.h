@@ -57,6 +57,7 @@ int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t e
 
 typedef struct ps_hit {
     uint32_t doc;
+    uint32_t key_hash;  /* internal: deduplication by key */
     double score;
 } ps_hit;
 

@@ -45,7 +45,7 @@ static inline int token_byte(unsigned char c) {
 }
 
 /* Next token of text[*pos, len), lowercased into buf at the same offsets.
- * Returns 1 with *start/*tlen set, 0 at the end. */
+ * Returns 1 with *start and *tlen set, 0 at the end. */
 static inline int next_token(const char *text, size_t len, size_t *pos, char *buf,
                              size_t *start, uint32_t *tlen) {
     size_t i = *pos;
@@ -93,7 +93,7 @@ static void mark_deleted(ps_segment *s, uint32_t doc) {
 static void commit_range(ps_segment *s, uint32_t from, uint32_t to) {
     uint64_t dl = 0;
     for (uint32_t d = from; d < to; d++)
-        dl += ps_seg_doc(s, d)->dl;
+        dl += ps_seg_dl(s, d);
     atomic_fetch_add_explicit(&s->dl_committed, dl, memory_order_relaxed);
     atomic_store_explicit(&s->committed, to, memory_order_release);
     for (uint32_t d = from; d < to; d++) {
@@ -492,7 +492,7 @@ static int add_one(ps_segment *s, const ps_doc_in *in, size_t lower_off, bool th
     r->key_len = in->key_len;
     r->key_hash = (uint32_t)khash;
     r->version = in->version;
-    r->score = in->score;
+    s->chunks[ci]->score[doc % PS_DOCS_PER_CHUNK] = in->score;
     r->blob_len = (uint32_t)in->blob_len;
     r->blob = in->blob_len ? ps_arena_dup(&s->fwd_arena, in->blob, in->blob_len) : "";
     if (r->blob == NULL)
@@ -519,7 +519,7 @@ static int add_one(ps_segment *s, const ps_doc_in *in, size_t lower_off, bool th
     }
     for (uint32_t t = 0; t < in->nterms; t++)
         doc_term_add(s, &nterms, slot_mask, in->terms[t], in->term_lens[t]);
-    r->dl = dl;
+    s->chunks[ci]->dl[doc % PS_DOCS_PER_CHUNK] = dl;
 
     s->batch_keyent[doc - s->batch_base] = e;
     s->next_doc = doc + 1;

@@ -98,14 +98,17 @@ typedef struct ps_docrec {
     uint32_t key_len;
     uint32_t blob_len;
     int64_t version;
-    double score;
-    uint32_t dl;        /* text tokens, for BM25 */
     uint32_t key_hash;  /* for deduplication by key */
 } ps_docrec;
 
+/* 4096 documents' forward data. What every matching document of a query
+ * touches (static score, text length, deleted bit) sits in dense arrays,
+ * apart from the records read only for the hits returned. */
 typedef struct ps_docchunk {
-    ps_docrec rec[PS_DOCS_PER_CHUNK];
+    double score[PS_DOCS_PER_CHUNK];
+    uint32_t dl[PS_DOCS_PER_CHUNK];  /* text tokens, for BM25 */
     _Atomic uint64_t deleted[PS_DOCS_PER_CHUNK / 64];
+    ps_docrec rec[PS_DOCS_PER_CHUNK];
 } ps_docchunk;
 
 /* One term occurrence for a shard to append: (doc, term, tf). */
@@ -220,6 +223,12 @@ static inline uint32_t ps_seg_committed(ps_segment *s) {
 /* Forward record of a doc below the committed watermark. */
 static inline const ps_docrec *ps_seg_doc(const ps_segment *s, uint32_t doc) {
     return &s->chunks[doc / PS_DOCS_PER_CHUNK]->rec[doc % PS_DOCS_PER_CHUNK];
+}
+static inline double ps_seg_score(const ps_segment *s, uint32_t doc) {
+    return s->chunks[doc / PS_DOCS_PER_CHUNK]->score[doc % PS_DOCS_PER_CHUNK];
+}
+static inline uint32_t ps_seg_dl(const ps_segment *s, uint32_t doc) {
+    return s->chunks[doc / PS_DOCS_PER_CHUNK]->dl[doc % PS_DOCS_PER_CHUNK];
 }
 static inline bool ps_seg_is_deleted(const ps_segment *s, uint32_t doc) {
     ps_docchunk *c = s->chunks[doc / PS_DOCS_PER_CHUNK];
