@@ -137,7 +137,7 @@ static inline uint32_t lower_bound(const uint32_t *docs, uint32_t lo, uint32_t h
     return lo;
 }
 
-uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target) {
+uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
     if (it->doc >= target)
         return it->doc;  /* also PS_DOC_END */
     if (target >= it->limit) {

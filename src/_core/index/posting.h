@@ -128,9 +128,20 @@ static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
 }
 /* Entries of the snapshot with doc < limit, without walking them. */
 uint32_t ps_post_iter_count(const ps_post_iter *it);
-/* First entry with doc >= target (target > current doc), using the skip
- * list to leap over whole buckets. */
-uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target);
+/* First entry with doc >= target, using the skip list to leap over whole
+ * buckets. The inline part takes the common step of one entry. */
+uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target);
+static inline uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target) {
+    if (it->doc >= target)
+        return it->doc;  /* also PS_DOC_END */
+    if (it->off + 1 < it->bucket_n && it->docs[it->off + 1] >= target) {
+        it->off++;
+        it->i++;
+        uint32_t d = it->docs[it->off];
+        return it->doc = d < it->limit ? d : PS_DOC_END;
+    }
+    return ps_post_iter_advance_far(it, target);
+}
 static inline uint32_t ps_post_iter_tf(const ps_post_iter *it) {
     return it->tfs[it->off];
 }

@@ -425,19 +425,25 @@ int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t e
 enum { IT_EMPTY = 0 };
 
 /*
- * OR over two or more operands runs window by window, as tantivy's union
- * does: every operand drains its matches in [base, base + OR_WINDOW) into
- * a bitmap (and, when scoring, adds its BM25 contribution into acc[]),
- * then the window is read back in doc order. That replaces a heap or a
- * min-scan per document with one bit set per posting and a word scan.
- * Invariant: every operand is positioned at or beyond the window's end.
+ * Windows. OR over two or more operands runs window by window, as
+ * tantivy's union does: every operand drains its matches in
+ * [base, base + OR_WINDOW) into a bitmap (and, when scoring, adds its BM25
+ * contribution into acc[]), then the window is read back in doc order.
+ * That replaces a min-scan per document with one bit set per posting and
+ * a word scan. AND whose rarest operand is dense (at least one document in
+ * AND_DENSE) does the same with one bitmap per operand, intersected word by
+ * word, instead of leapfrogging with a skip per document; sparse ANDs keep
+ * leapfrogging. Invariant: after a fill, every operand drained into the
+ * window is positioned at or beyond its end.
  */
 #define OR_WINDOW 4096u
+#define AND_DENSE 8u
 
 typedef struct or_window {
     uint32_t base;
     uint64_t bits[OR_WINDOW / 64];
-    double acc[OR_WINDOW];  /* zero except at set bits (scoring only) */
+    uint64_t touched[OR_WINDOW / 64];  /* where acc[] may be non-zero */
+    double acc[OR_WINDOW];  /* scoring only; zero outside `touched` */
 } or_window;
 
 struct qexec;
@@ -455,11 +461,15 @@ typedef struct qit {
     ps_post_iter post;
 } qit;
 
+#define NORM_TABLE 256
+
 typedef struct qexec {
     ps_segment *s;
     uint32_t limit;     /* committed watermark of this query */
     double k1, b, avgdl;
     bool scoring;       /* BM25 wanted: OR windows accumulate scores */
+    double k1p1;        /* k1 + 1 */
+    double norm[NORM_TABLE];  /* k1 * (1 - b + b * dl / avgdl) for small dl */
 } qexec;
 
 static void it_free(qit *it) {
@@ -472,10 +482,22 @@ static void it_free(qit *it) {
     free(it);
 }
 
-static double it_score(const qit *it, uint32_t doc, double norm, double k1p1);
+static double it_score(const qit *it, uint32_t doc, double norm);
+
+/* BM25's length normalisation of a document of dl tokens. */
+static inline double dl_norm(const qexec *ex, uint32_t dl) {
+    if (dl < NORM_TABLE)
+        return ex->norm[dl];
+    return ex->k1 * (1.0 - ex->b + ex->b * dl / ex->avgdl);
+}
 
 static inline double doc_norm(const qexec *ex, uint32_t doc) {
-    return ex->k1 * (1.0 - ex->b + ex->b * ps_seg_dl(ex->s, doc) / ex->avgdl);
+    return dl_norm(ex, ps_seg_dl(ex->s, doc));
+}
+
+/* One term's BM25 contribution. */
+static inline double bm25(const qexec *ex, double idf, uint32_t tf, double norm) {
+    return idf * tf * ex->k1p1 / (tf + norm);
 }
 
 static uint32_t it_next(qit *it);
@@ -535,43 +557,104 @@ static uint32_t win_scan(qit *it, uint32_t from) {
     }
 }
 
-/* Start a window at the lowest operand doc and drain every operand into it. */
+/* Drain operand c's matches below `end` into bits (and, if `score`, its
+ * BM25 contributions into acc). */
+static void win_drain(qit *it, qit *c, uint64_t *bits, uint32_t base, uint64_t end, bool score) {
+    or_window *w = it->win;
+    const qexec *ex = it->ex;
+    if (c->kind == PS_Q_TERM) {
+        ps_post_iter *p = &c->post;
+        if (score) {
+            for (uint32_t d = c->doc; d < end; d = ps_post_iter_next(p)) {
+                uint32_t o = d - base;
+                bits[o / 64] |= 1ull << (o % 64);
+                w->acc[o] += bm25(ex, c->idf, ps_post_iter_tf(p), doc_norm(ex, d));
+            }
+        } else {
+            for (uint32_t d = c->doc; d < end; d = ps_post_iter_next(p)) {
+                uint32_t o = d - base;
+                bits[o / 64] |= 1ull << (o % 64);
+            }
+        }
+        c->doc = p->doc;
+        return;
+    }
+    for (uint32_t d = c->doc; d < end; d = it_next(c)) {
+        uint32_t o = d - base;
+        bits[o / 64] |= 1ull << (o % 64);
+        if (score)
+            w->acc[o] += it_score(c, d, doc_norm(ex, d));
+    }
+}
+
+/* Start the next window and fill it: for OR at the lowest operand doc,
+ * for AND at the highest (no match can come before it). */
 static uint32_t win_fill(qit *it) {
     or_window *w = it->win;
     if (it->ex->scoring) {
         for (uint32_t wi = 0; wi < OR_WINDOW / 64; wi++)
-            for (uint64_t b = w->bits[wi]; b; b &= b - 1)
+            for (uint64_t b = w->touched[wi]; b; b &= b - 1)
                 w->acc[wi * 64 + (uint32_t)__builtin_ctzll(b)] = 0.0;
     }
     memset(w->bits, 0, sizeof(w->bits));
-    uint32_t base = PS_DOC_END;
-    for (uint32_t i = 0; i < it->n; i++)
-        if (it->c[i]->doc < base)
-            base = it->c[i]->doc;
-    if (base == PS_DOC_END)
-        return it->doc = PS_DOC_END;
-    w->base = base;
-    uint64_t end = (uint64_t)base + OR_WINDOW;
-    const double k1p1 = it->ex->k1 + 1.0;
-    for (uint32_t i = 0; i < it->n; i++) {
-        qit *c = it->c[i];
-        if (c->kind == PS_Q_TERM && !it->ex->scoring) {
-            ps_post_iter *p = &c->post;
-            for (uint32_t d = c->doc; d < end; d = ps_post_iter_next(p)) {
-                uint32_t o = d - base;
-                w->bits[o / 64] |= 1ull << (o % 64);
-            }
-            c->doc = p->doc;
-            continue;
-        }
-        for (uint32_t d = c->doc; d < end; d = it_next(c)) {
-            uint32_t o = d - base;
-            w->bits[o / 64] |= 1ull << (o % 64);
-            if (it->ex->scoring)
-                w->acc[o] += it_score(c, d, doc_norm(it->ex, d), k1p1);
-        }
+    if (it->kind == PS_Q_OR) {
+        uint32_t base = PS_DOC_END;
+        for (uint32_t i = 0; i < it->n; i++)
+            if (it->c[i]->doc < base)
+                base = it->c[i]->doc;
+        if (base == PS_DOC_END)
+            return it->doc = PS_DOC_END;
+        w->base = base;
+        for (uint32_t i = 0; i < it->n; i++)
+            win_drain(it, it->c[i], w->bits, base, (uint64_t)base + OR_WINDOW, it->ex->scoring);
+        memcpy(w->touched, w->bits, sizeof(w->bits));
+        return it->doc = win_scan(it, 0);
     }
-    return it->doc = win_scan(it, 0);
+    /* AND: intersect the operands' windows; ANDNOT: the include side's
+     * window minus the exclude side's. Move on while empty. */
+    const bool andnot = it->kind == PS_Q_ANDNOT;
+    for (;;) {
+        uint32_t base = 0;
+        for (uint32_t i = 0; i < (andnot ? 1 : it->n); i++)
+            if (it->c[i]->doc > base)
+                base = it->c[i]->doc;
+        if (base == PS_DOC_END)
+            return it->doc = PS_DOC_END;
+        w->base = base;
+        uint64_t end = (uint64_t)base + OR_WINDOW;
+        uint64_t one[OR_WINDOW / 64];
+        uint64_t any = 0;
+        memset(w->touched, 0, sizeof(w->touched));
+        for (uint32_t i = 0; i < it->n; i++) {
+            qit *c = it->c[i];
+            it_advance(c, base);
+            memset(one, 0, sizeof(one));
+            const bool negated = andnot && i == 1;
+            win_drain(it, c, one, base, end, it->ex->scoring && !negated);
+            any = 0;
+            for (uint32_t wi = 0; wi < OR_WINDOW / 64; wi++) {
+                if (!negated)
+                    w->touched[wi] |= one[wi];
+                w->bits[wi] = i == 0 ? one[wi] : negated ? (w->bits[wi] & ~one[wi])
+                                                         : (w->bits[wi] & one[wi]);
+                any |= w->bits[wi];
+            }
+            if (!any)
+                break;  /* nothing here: the rest need not drain this window */
+        }
+        if (any)
+            return it->doc = win_scan(it, 0);
+        if (it->ex->scoring) {
+            for (uint32_t wi = 0; wi < OR_WINDOW / 64; wi++)
+                for (uint64_t b = w->touched[wi]; b; b &= b - 1)
+                    w->acc[wi * 64 + (uint32_t)__builtin_ctzll(b)] = 0.0;
+            memset(w->touched, 0, sizeof(w->touched));
+        }
+        /* operands that did not drain may sit inside the old window */
+        for (uint32_t i = 0; i < it->n; i++)
+            if (it->c[i]->doc < end)
+                it_advance(it->c[i], end > PS_DOC_END ? PS_DOC_END : (uint32_t)end);
+    }
 }
 
 static uint32_t win_next(qit *it) {
@@ -602,6 +685,8 @@ static uint32_t it_next(qit *it) {
     case PS_Q_ALL:
         return it->doc = it->doc + 1 < it->limit ? it->doc + 1 : PS_DOC_END;
     case PS_Q_AND:
+        if (it->win != NULL)
+            return win_next(it);
         it_next(it->c[0]);
         return and_align(it);
     case PS_Q_OR: {
@@ -614,6 +699,8 @@ static uint32_t it_next(qit *it) {
         return or_min(it);
     }
     case PS_Q_ANDNOT:
+        if (it->win != NULL)
+            return win_next(it);
         it_next(it->c[0]);
         return andnot_align(it);
     default:
@@ -630,6 +717,8 @@ static uint32_t it_advance(qit *it, uint32_t target) {
     case PS_Q_ALL:
         return it->doc = target < it->limit ? target : PS_DOC_END;
     case PS_Q_AND:
+        if (it->win != NULL)
+            return win_advance(it, target);
         it_advance(it->c[0], target);
         return and_align(it);
     case PS_Q_OR:
@@ -640,6 +729,8 @@ static uint32_t it_advance(qit *it, uint32_t target) {
                 it_advance(it->c[i], target);
         return or_min(it);
     case PS_Q_ANDNOT:
+        if (it->win != NULL)
+            return win_advance(it, target);
         it_advance(it->c[0], target);
         return andnot_align(it);
     default:
@@ -700,7 +791,16 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
         /* Rarest first: it leads, the others only leap. */
         qsort(it->c, it->n, sizeof(*it->c), cmp_cost);
         it->cost = it->c[0]->cost;
-        and_align(it);
+        if (it->n >= 2 && it->c[0]->cost * AND_DENSE >= ex->limit && ex->limit > 0) {
+            it->win = calloc(1, sizeof(or_window));
+            if (it->win == NULL) {
+                it_free(it);
+                return NULL;
+            }
+            win_fill(it);
+        } else {
+            and_align(it);
+        }
         break;
     case PS_Q_OR:
         for (uint32_t i = 0; i < it->n; i++)
@@ -718,33 +818,41 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
         break;
     case PS_Q_ANDNOT:
         it->cost = it->c[0]->cost;
-        andnot_align(it);
+        if (it->c[0]->cost * AND_DENSE >= ex->limit && ex->limit > 0 && it->c[1]->cost > 0) {
+            it->win = calloc(1, sizeof(or_window));
+            if (it->win == NULL) {
+                it_free(it);
+                return NULL;
+            }
+            win_fill(it);
+        } else {
+            andnot_align(it);
+        }
         break;
     }
     return it;
 }
 
 /* BM25 contribution of the positive terms sitting on `doc`. */
-static double it_score(const qit *it, uint32_t doc, double norm, double k1p1) {
+static double it_score(const qit *it, uint32_t doc, double norm) {
     if (it->doc != doc)
         return 0.0;
     switch (it->kind) {
-    case PS_Q_TERM: {
-        double tf = ps_post_iter_tf(&it->post);
-        return it->idf * tf * k1p1 / (tf + norm);
-    }
+    case PS_Q_TERM:
+        return bm25(it->ex, it->idf, ps_post_iter_tf(&it->post), norm);
     case PS_Q_OR:
+    case PS_Q_AND: {
         if (it->win != NULL)
             return it->win->acc[doc - it->win->base];
-        /* fall through */
-    case PS_Q_AND: {
         double sum = 0.0;
         for (uint32_t i = 0; i < it->n; i++)
-            sum += it_score(it->c[i], doc, norm, k1p1);
+            sum += it_score(it->c[i], doc, norm);
         return sum;
     }
     case PS_Q_ANDNOT:
-        return it_score(it->c[0], doc, norm, k1p1);
+        if (it->win != NULL)
+            return it->win->acc[doc - it->win->base];
+        return it_score(it->c[0], doc, norm);
     default:
         return 0.0;
     }
@@ -758,6 +866,10 @@ static qit *exec_open(qexec *ex, ps_segment *s, const ps_qnode *q, bool scoring)
     ex->b = s->b;
     uint64_t dl = atomic_load_explicit(&s->dl_committed, memory_order_relaxed);
     ex->avgdl = ex->limit > 0 && dl > 0 ? (double)dl / ex->limit : 1.0;
+    ex->k1p1 = ex->k1 + 1.0;
+    if (scoring)
+        for (uint32_t i = 0; i < NORM_TABLE; i++)
+            ex->norm[i] = ex->k1 * (1.0 - ex->b + ex->b * i / ex->avgdl);
     return it_build(ex, q);
 }
 
@@ -843,8 +955,7 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
         ps_gen_exit(&s->gen, g);
         return -1;
     }
-    const double k1p1 = ex.k1 + 1.0;
-    const double norm0 = ex.k1 * (1.0 - ex.b), norm1 = ex.k1 * ex.b / ex.avgdl;
+    const bool term_bm25 = order == PS_ORDER_BM25 && it->kind == PS_Q_TERM;
     const bool check_deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed) != 0;
     uint32_t n = 0;
     for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it)) {
@@ -853,12 +964,14 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
         const ps_docchunk *chunk = s->chunks[d / PS_DOCS_PER_CHUNK];
         const uint32_t o = d % PS_DOCS_PER_CHUNK;
         ps_hit cand = {.doc = d};
-        if (order == PS_ORDER_SCORE)
+        if (term_bm25)
+            cand.score = bm25(&ex, it->idf, ps_post_iter_tf(&it->post), dl_norm(&ex, chunk->dl[o]));
+        else if (order == PS_ORDER_SCORE)
             cand.score = chunk->score[o];
         else if (order == PS_ORDER_RECENT)
             cand.score = (double)d;
         else
-            cand.score = it_score(it, d, norm0 + norm1 * chunk->dl[o], k1p1);
+            cand.score = it_score(it, d, dl_norm(&ex, chunk->dl[o]));
         if (n == k && !better(&cand, &out[0]))
             continue;
         /* One hit per key: during an update both versions may be live. */
