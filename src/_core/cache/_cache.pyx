@@ -13,6 +13,9 @@ logic, this file only translates.
   stop()              cache_server_stop(): safe from a signal handler or any
                       thread
   port(), version()   the bound port, PS_CACHE_VERSION
+  microbench_*()      microbench.h: the engine's hot paths in a C loop, for
+                      tests/test_microbench.py; open/close build and free a
+                      thread-less engine in this process
 
 Settings dict keys are the ps_settings field names. listen_addr is a list of
 strings (num_listen follows from its length); everything else is a number or
@@ -21,10 +24,15 @@ a bool. Unknown keys and bad values raise ValueError, naming the key.
 Threads: run() is called from the main thread (Python runs signal handlers
 only there). It holds the GIL only between 200 ms waits, so stop() from a
 signal handler takes effect within one wait.
+
+The engine's state is global: one server or one microbench engine per
+process at a time. _running and _microbench_open (flags read and written
+under the GIL) refuse the other while one is up. The microbench loops keep
+the GIL: they are short, and no run() can start meanwhile.
 """
 
 from cpython.exc cimport PyErr_CheckSignals
-from libc.stdint cimport uint32_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset, strlen
 
 
@@ -90,6 +98,16 @@ cdef extern from "server.h":
     int cache_server_port() nogil
 
 
+cdef extern from "microbench.h":
+    int mb_open(uint32_t keys, uint32_t value_size, size_t memory_mb)
+    int mb_close()
+    int64_t mb_item_alloc_free(size_t value_size, uint64_t n)
+    int64_t mb_hash_lookup(bint hit, uint64_t n)
+    int64_t mb_proto_get(bint hit, uint64_t n)
+    int64_t mb_proto_set(uint64_t n)
+    const char *mb_error()
+
+
 # The array sizes declared above must match settings.h; checked by the C
 # compiler, so a change to the header cannot silently truncate addresses.
 cdef extern from *:
@@ -108,6 +126,7 @@ cdef enum:
     LISTEN_ADDR_SIZE = 64
 
 cdef bint _running = False
+cdef bint _microbench_open = False
 
 
 cdef dict _settings_to_dict(const ps_settings *s):
@@ -279,14 +298,17 @@ def run(dict settings not None):
     _settings_from_dict(&s, settings)
     if _running:
         raise RuntimeError("a pinstack-cache server is already running in this process")
+    if _microbench_open:
+        raise RuntimeError("a microbench engine is open in this process: microbench_close() first")
+    _running = True     # before the GIL is dropped: no second run() meanwhile
     err[0] = 0
     with nogil:
         rc = cache_server_start(&s, err, sizeof(err))
     if rc != 0:
+        _running = False
         message = err[:strlen(err)].decode("utf-8", "replace")
         raise RuntimeError(message or "cache_server_start failed")
 
-    _running = True
     try:
         while True:
             with nogil:
@@ -318,3 +340,52 @@ def port():
 def version():
     """The engine's version string, e.g. "1.6.18-pinstack-0.1.0"."""
     return (<bytes>PS_CACHE_VERSION).decode("ascii")
+
+
+# ---- microbenchmarks (microbench.h) -------------------------------------
+
+cdef int64_t _mb_check(int64_t rc) except -1:
+    """The one translator of microbench failures."""
+    if rc < 0:
+        raise RuntimeError((<bytes>mb_error()).decode("utf-8", "replace") or "microbench failed")
+    return rc
+
+
+def microbench_open(uint32_t keys=100_000, uint32_t value_size=100, size_t memory_mb=1024):
+    """Build a thread-less engine with `keys` keys of `value_size` bytes.
+
+    Raises RuntimeError if a server runs in this process, if one is already
+    open, or if the engine cannot be built (the message says why).
+    """
+    global _microbench_open
+    if _running:
+        raise RuntimeError("a pinstack-cache server is running in this process")
+    _mb_check(mb_open(keys, value_size, memory_mb))
+    _microbench_open = True
+
+
+def microbench_close():
+    """Free the microbench engine (from the thread that opened it)."""
+    global _microbench_open
+    _mb_check(mb_close())
+    _microbench_open = False
+
+
+def microbench_item_alloc_free(size_t value_size, uint64_t n):
+    """item_alloc + item_release of a `value_size`-byte value, n times; returns n."""
+    return _mb_check(mb_item_alloc_free(value_size, n))
+
+
+def microbench_hash_lookup(bint hit, uint64_t n):
+    """n hash-table lookups of present (hit) or absent keys; returns keys found."""
+    return _mb_check(mb_hash_lookup(hit, n))
+
+
+def microbench_proto_get(bint hit, uint64_t n):
+    """n "get <key>" commands through a connection; returns the reply bytes."""
+    return _mb_check(mb_proto_get(hit, n))
+
+
+def microbench_proto_set(uint64_t n):
+    """n "set <key> 0 0 <value_size>" commands; returns the reply bytes."""
+    return _mb_check(mb_proto_set(n))

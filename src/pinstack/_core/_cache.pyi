@@ -33,3 +33,27 @@ def port() -> int:
 
 def version() -> str:
     """The engine's version, e.g. "1.6.18-pinstack-0.1.0"."""
+
+# ---- microbenchmarks (src/_core/cache/microbench.c) ------------------------
+# The engine's hot paths run n times in a C loop. One engine per process:
+# open refuses while a server runs here, run() refuses while one is open.
+# Every call must come from the thread that opened it. Failures raise
+# RuntimeError with the engine's message.
+
+def microbench_open(keys: int = 100_000, value_size: int = 100, memory_mb: int = 1024) -> None:
+    """Build a thread-less engine holding `keys` keys of `value_size` bytes."""
+
+def microbench_close() -> None:
+    """Free it; a server may be started in this process afterwards."""
+
+def microbench_item_alloc_free(value_size: int, n: int) -> int:
+    """item_alloc + item_release of a `value_size`-byte value, n times; returns n."""
+
+def microbench_hash_lookup(hit: bool, n: int) -> int:
+    """n hash-table lookups of present (hit) or absent keys; returns the keys found."""
+
+def microbench_proto_get(hit: bool, n: int) -> int:
+    """n "get <key>" commands through an in-memory connection; returns the reply bytes."""
+
+def microbench_proto_set(n: int) -> int:
+    """n "set <key> 0 0 <value_size>" commands replacing stored keys; returns the reply bytes."""
