@@ -23,6 +23,7 @@ from collections import namedtuple
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 
@@ -320,7 +321,7 @@ cdef class RealtimeSegment:
                 if ln > PS_KEY_MAX or ln < 1:
                     raise ValueError(f"document {i}: key must be 1..{PS_KEY_MAX} bytes (got {ln})")
                 ins[i].key_len = <uint32_t>ln
-                ins[i].version = version
+                ins[i].version = PyNumber_Index(version)  # ints only: 2.7 is a bug
                 if text is not None:
                     if not isinstance(text, str):
                         raise TypeError(f"document {i}: text must be str or None, "
@@ -379,7 +380,7 @@ cdef class RealtimeSegment:
         cdef Py_ssize_t n
         cdef const char *p = _buf(key, &n, "key")
         cdef int deleted = 0, rc
-        cdef int64_t v = 0 if version is None else version
+        cdef int64_t v = 0 if version is None else PyNumber_Index(version)
         cdef bint has_version = version is not None
         cdef char err[ERRLEN]
         err[0] = 0
@@ -396,17 +397,20 @@ cdef class RealtimeSegment:
         return Hit(PyBytes_FromStringAndSize(r.key, r.key_len), r.version, score,
                    PyBytes_FromStringAndSize(r.blob, r.blob_len), doc)
 
-    def search(self, query, int k=10, str order="score"):
+    def search(self, query, k=10, str order="score"):
         """Best k live matches, best first, one per key."""
         cdef int ord_
         cdef ps_hit *hits
         cdef uint32_t nout = 0, i
         cdef int rc
+        cdef uint32_t kk
+        k = PyNumber_Index(k)  # ints only: 1.5 is a caller's bug
         if order not in _ORDERS:
             raise ValueError(f"order must be 'score', 'bm25' or 'recent' (got {order!r})")
         if k < 1 or k > PS_K_MAX:
             raise ValueError(f"k must be 1..{PS_K_MAX} (got {k})")
         ord_ = _ORDERS[order]
+        kk = k
         cdef ps_qnode *node = _compile(query)
         hits = <ps_hit *>PyMem_Malloc(k * sizeof(ps_hit))
         if hits == NULL:
@@ -414,7 +418,7 @@ cdef class RealtimeSegment:
             raise MemoryError()
         try:
             with nogil:
-                rc = ps_q_search(self.seg, node, <uint32_t>k, ord_, hits, &nout)
+                rc = ps_q_search(self.seg, node, kk, ord_, hits, &nout)
             if rc != 0:
                 raise MemoryError()
             if ord_ == PS_ORDER_RECENT:  # ranked by doc id; report the static score

@@ -44,7 +44,7 @@ int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, ps_arena *arena, ps
     uint32_t *docs;
     if (off == 0) {
         uint32_t cap = ps_post_bucket_cap(b);
-        docs = ps_arena_alloc(arena, (size_t)cap * (sizeof(uint32_t) + 1), 4);
+        docs = ps_arena_alloc(arena, (size_t)cap * (sizeof(uint32_t) + sizeof(uint16_t)), 4);
         if (docs == NULL)
             return -1;
         if (b > 0 && b >= dir_cap(b)) {
@@ -72,7 +72,7 @@ int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, ps_arena *arena, ps
         docs = dir[b].docs;
     }
     docs[off] = doc;
-    ps_bucket_tfs(docs, b)[off] = (uint8_t)(tf > 255 ? 255 : tf);
+    ps_bucket_tfs(docs, b)[off] = (uint16_t)(tf > UINT16_MAX ? UINT16_MAX : tf);
     atomic_store_explicit(&p->size, n + 1, memory_order_release);
     return 0;
 }

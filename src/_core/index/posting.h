@@ -7,7 +7,7 @@
  *   stays at 4096: bucket b holds min(4 << b, 4096) entries. Growing never
  *   copies or moves an entry, so a reader may read an old bucket while the
  *   writer fills a new one. A bucket is two arrays: doc ids (uint32) then
- *   term frequencies (uint8, saturating at 255), 5 bytes an entry.
+ *   term frequencies (uint16, saturating at 65535), 6 bytes an entry.
  *   Where entry i lives is arithmetic (ps_post_locate): no search.
  *
  *   The skip list is single-level: one entry per bucket, {first doc id,
@@ -48,7 +48,7 @@
 
 typedef struct ps_skip {
     uint32_t first_doc;
-    uint32_t *docs;  /* the bucket: docs[cap], then uint8_t tfs[cap] */
+    uint32_t *docs;  /* the bucket: docs[cap], then uint16_t tfs[cap] */
 } ps_skip;
 
 typedef struct ps_posting {
@@ -83,8 +83,8 @@ static inline uint32_t ps_post_nbuckets(uint32_t n) {
     return b + 1;
 }
 
-static inline uint8_t *ps_bucket_tfs(uint32_t *docs, uint32_t b) {
-    return (uint8_t *)(docs + ps_post_bucket_cap(b));
+static inline uint16_t *ps_bucket_tfs(uint32_t *docs, uint32_t b) {
+    return (uint16_t *)(docs + ps_post_bucket_cap(b));
 }
 
 void ps_post_init(ps_posting *p);
@@ -108,7 +108,7 @@ typedef struct ps_post_iter {
     uint32_t off;        /* offset in it */
     uint32_t bucket_n;   /* entries of bucket b inside the snapshot */
     const uint32_t *docs;
-    const uint8_t *tfs;
+    const uint16_t *tfs;
     uint32_t doc;        /* current doc id, PS_DOC_END when done */
 } ps_post_iter;
 

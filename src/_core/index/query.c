@@ -409,6 +409,10 @@ int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t e
         return -1;
     }
     ps_qnode *q = parse_or(&p);
+    if (q != NULL && p.failed) {  /* a lexer error after the last operand */
+        ps_q_free(q);
+        q = NULL;
+    }
     if (q != NULL && p.tok != T_END) {
         ps_q_free(q);
         q = fail(&p, p.tok == T_RPAREN ? "unbalanced ')'" : "unexpected token");
@@ -894,7 +898,7 @@ int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count) {
             n++;
     } else {
         for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
-            n += !ps_seg_is_deleted(s, d);
+            n += !ps_seg_is_deleted(s, d, ex.limit);
     }
     it_free(it);
     ps_gen_exit(&s->gen, g);
@@ -959,7 +963,7 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
     const bool check_deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed) != 0;
     uint32_t n = 0;
     for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it)) {
-        if (check_deleted && ps_seg_is_deleted(s, d))
+        if (check_deleted && ps_seg_is_deleted(s, d, ex.limit))
             continue;
         const ps_docchunk *chunk = s->chunks[d / PS_DOCS_PER_CHUNK];
         const uint32_t o = d % PS_DOCS_PER_CHUNK;

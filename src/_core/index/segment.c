@@ -5,10 +5,10 @@
  * memory-ordering rules are in segment.h; queries are in query.c.
  *
  * Commit step (commit_range, key_lock held): add the documents' text
- * lengths to dl_committed, release-store the new `committed`, then for each
- * newly committed document point its key at it and set the deleted bit of
- * the document it replaces. Readers therefore see the new version before
- * the old one disappears: never neither.
+ * lengths to dl_committed; for each newly committed document n, point its
+ * key at it and give the document it replaces deleted_at = n + 1; then
+ * release-store the new `committed`. See segment.h for why a reader then
+ * sees exactly one version of a key being updated.
  *
  * In batch mode each shard publishes `progress` (release) as it passes a
  * document boundary; whoever finds min(progress) above `committed` takes
@@ -80,29 +80,30 @@ void ps_tokenize(const char *text, size_t text_len, char *buf, ps_token_fn fn, v
 
 /* ---- shard threads and commit ------------------------------------------ */
 
-static void mark_deleted(ps_segment *s, uint32_t doc) {
-    ps_docchunk *c = s->chunks[doc / PS_DOCS_PER_CHUNK];
-    uint64_t bit = 1ull << (doc % 64);
-    uint64_t prev = atomic_fetch_or_explicit(&c->deleted[(doc % PS_DOCS_PER_CHUNK) / 64], bit,
-                                             memory_order_relaxed);
-    if (!(prev & bit))
-        atomic_fetch_add_explicit(&s->deleted_count, 1, memory_order_relaxed);
+/* key_lock held (the only writer of deleted_at). Doc counts as deleted
+ * for queries whose watermark is >= at. */
+static void mark_deleted(ps_segment *s, uint32_t doc, uint32_t at) {
+    _Atomic uint32_t *slot = &s->chunks[doc / PS_DOCS_PER_CHUNK]->deleted_at[doc % PS_DOCS_PER_CHUNK];
+    if (atomic_load_explicit(slot, memory_order_relaxed) != 0)
+        return;
+    atomic_store_explicit(slot, at, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->deleted_count, 1, memory_order_relaxed);
 }
 
-/* key_lock held. Make docs [from, to) visible, then retire what they replace. */
+/* key_lock held. Make docs [from, to) visible, each replacing (deleting)
+ * its key's previous document in the same step. */
 static void commit_range(ps_segment *s, uint32_t from, uint32_t to) {
     uint64_t dl = 0;
-    for (uint32_t d = from; d < to; d++)
-        dl += ps_seg_dl(s, d);
-    atomic_fetch_add_explicit(&s->dl_committed, dl, memory_order_relaxed);
-    atomic_store_explicit(&s->committed, to, memory_order_release);
     for (uint32_t d = from; d < to; d++) {
+        dl += ps_seg_dl(s, d);
         ps_keyent *e = s->batch_keyent[d - s->batch_base];
         uint32_t old = e->doc;
         e->doc = d;
         if (old != PS_DOC_NONE)
-            mark_deleted(s, old);
+            mark_deleted(s, old, d + 1);
     }
+    atomic_fetch_add_explicit(&s->dl_committed, dl, memory_order_relaxed);
+    atomic_store_explicit(&s->committed, to, memory_order_release);
 }
 
 static uint32_t min_progress(ps_segment *s) {
@@ -162,7 +163,7 @@ static void *shard_main(void *arg) {
     ps_shard *sh = arg;
     ps_segment *s = sh->seg;
     pthread_mutex_lock(&s->pool_lock);
-    uint64_t seen = s->batch_seq;
+    uint64_t seen = 0;  /* every batch has seq >= 1: a thread that starts late still takes the first */
     for (;;) {
         while (!s->stopping && s->batch_seq == seen)
             pthread_cond_wait(&s->pool_cond, &s->pool_lock);
@@ -348,6 +349,50 @@ static ps_keyent *keymap_find(ps_segment *s, const char *key, uint32_t len, uint
 }
 
 /* ---- the owner's per-document work -------------------------------------- */
+
+/*
+ * How many of docs[0..n) would be added, not dropped as stale, given the
+ * key map and the documents before each in the batch. Only asked when the
+ * batch might not fit, so that a batch whose stale documents make room is
+ * accepted. write_lock held (the key map cannot change meanwhile).
+ */
+static uint32_t count_fresh(ps_segment *s, const ps_doc_in *docs, uint32_t n) {
+    uint32_t slots = 16;
+    while (slots < 2 * n)
+        slots <<= 1;
+    /* newest version seen so far in the batch, per key */
+    struct seen { const ps_doc_in *doc; int64_t version; } *seen = calloc(slots, sizeof(*seen));
+    if (seen == NULL)
+        return n;  /* cannot tell: assume all fresh (refuse, nothing lost) */
+    uint32_t fresh = 0;
+    pthread_mutex_lock(&s->key_lock);
+    for (uint32_t i = 0; i < n; i++) {
+        const ps_doc_in *d = &docs[i];
+        uint64_t h = ps_hash64(d->key, d->key_len);
+        uint32_t j = (uint32_t)h & (slots - 1);
+        while (seen[j].doc != NULL &&
+               !(seen[j].doc->key_len == d->key_len &&
+                 memcmp(seen[j].doc->key, d->key, d->key_len) == 0))
+            j = (j + 1) & (slots - 1);
+        int64_t newest;
+        if (seen[j].doc != NULL) {
+            newest = seen[j].version;
+        } else {
+            ps_keyent *e = keymap_find(s, d->key, d->key_len, h);
+            newest = e != NULL ? e->version : INT64_MIN;
+            seen[j].doc = d;
+        }
+        if (newest > d->version) {
+            seen[j].version = newest;
+            continue;
+        }
+        seen[j].version = d->version;
+        fresh++;
+    }
+    pthread_mutex_unlock(&s->key_lock);
+    free(seen);
+    return fresh;
+}
 
 static int validate_docs(const ps_doc_in *docs, uint32_t n, size_t *text_total, char *err,
                          size_t errlen) {
@@ -557,7 +602,8 @@ int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool thre
         seg_err(err, errlen, "the segment is sealed");
         return PS_ERR_SEALED;
     }
-    if ((uint64_t)s->next_doc + n > s->max_docs) {
+    if ((uint64_t)s->next_doc + n > s->max_docs &&
+        (uint64_t)s->next_doc + count_fresh(s, docs, n) > s->max_docs) {
         pthread_mutex_unlock(&s->write_lock);
         seg_err(err, errlen, "segment full: %u documents of max_docs %u, %u more asked",
                 s->next_doc, s->max_docs, n);
@@ -649,12 +695,13 @@ int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_ver
         }
     } else if (!has_version || e->version <= version) {
         if (e->doc != PS_DOC_NONE) {
-            mark_deleted(s, e->doc);
+            mark_deleted(s, e->doc, atomic_load_explicit(&s->committed, memory_order_relaxed));
             e->doc = PS_DOC_NONE;
             *deleted = 1;
         }
-        if (has_version)
-            e->version = version;
+        /* A versioned delete leaves a tombstone of its version; a plain
+         * one forgets the key's history. */
+        e->version = has_version ? version : INT64_MIN;
     }
     pthread_mutex_unlock(&s->key_lock);
     pthread_mutex_unlock(&s->write_lock);
@@ -668,7 +715,7 @@ int64_t ps_seg_get(ps_segment *s, const char *key, uint32_t key_len) {
     int64_t doc = -1;
     pthread_mutex_lock(&s->key_lock);
     ps_keyent *e = keymap_find(s, key, key_len, h);
-    if (e != NULL && e->doc != PS_DOC_NONE && !ps_seg_is_deleted(s, e->doc))
+    if (e != NULL && e->doc != PS_DOC_NONE)
         doc = e->doc;
     pthread_mutex_unlock(&s->key_lock);
     return doc;

@@ -10,7 +10,8 @@
  *   forward index   doc id -> key, version, static score, text length, blob
  *                   (ps_docrec, in chunks of 4096 records that never move);
  *                   keys and blobs in the owner's arena.
- *   deleted bitmap  one bit per doc id, set atomically, never cleared.
+ *   deletes         per doc id, the watermark from which it counts as
+ *                   deleted (deleted_at; 0: live), set once, never cleared.
  *   key map         key -> newest live doc id and the newest version seen
  *                   (a version survives a delete as a tombstone).
  *
@@ -23,10 +24,17 @@
  *   store after every shard has reported (release store of its `progress`,
  *   read with acquire) that it is done with those documents.
  *
- *   An update is add-new then delete-old: after the new doc commits, the
- *   old one's deleted bit is set and the key map points at the new one.
- *   A query that runs across that instant may meet both; top-K results are
- *   deduplicated by key (newest version wins) in query.c.
+ *   Deletes are versioned by the same watermark, so that a query sees one
+ *   consistent moment. A document is deleted for a query whose watermark
+ *   is W when its deleted_at is non-zero and <= W. An update is add-new
+ *   then delete-old: when new doc n commits, the old one gets
+ *   deleted_at = n + 1, stored (relaxed) BEFORE the release store that
+ *   makes `committed` n + 1. A query with W <= n sees the old version
+ *   only; a query with W > n loaded `committed` with acquire and so sees
+ *   deleted_at too: the new version only. A key being updated never
+ *   vanishes from results and never shows twice. A plain delete takes
+ *   effect at the current watermark (queries already running may or may
+ *   not see it). Top-K is still deduplicated by key as a safety net.
  *
  * THREADS AND LOCKS
  *   owner       the caller of add/add_batch/delete/seal, one at a time
@@ -102,12 +110,12 @@ typedef struct ps_docrec {
 } ps_docrec;
 
 /* 4096 documents' forward data. What every matching document of a query
- * touches (static score, text length, deleted bit) sits in dense arrays,
+ * touches (static score, text length, deletion) sits in dense arrays,
  * apart from the records read only for the hits returned. */
 typedef struct ps_docchunk {
     double score[PS_DOCS_PER_CHUNK];
     uint32_t dl[PS_DOCS_PER_CHUNK];  /* text tokens, for BM25 */
-    _Atomic uint64_t deleted[PS_DOCS_PER_CHUNK / 64];
+    _Atomic uint32_t deleted_at[PS_DOCS_PER_CHUNK];  /* 0: live */
     ps_docrec rec[PS_DOCS_PER_CHUNK];
 } ps_docchunk;
 
@@ -230,11 +238,12 @@ static inline double ps_seg_score(const ps_segment *s, uint32_t doc) {
 static inline uint32_t ps_seg_dl(const ps_segment *s, uint32_t doc) {
     return s->chunks[doc / PS_DOCS_PER_CHUNK]->dl[doc % PS_DOCS_PER_CHUNK];
 }
-static inline bool ps_seg_is_deleted(const ps_segment *s, uint32_t doc) {
+/* Is doc deleted for a query whose committed watermark is `watermark`? */
+static inline bool ps_seg_is_deleted(const ps_segment *s, uint32_t doc, uint32_t watermark) {
     ps_docchunk *c = s->chunks[doc / PS_DOCS_PER_CHUNK];
-    uint64_t w = atomic_load_explicit(&c->deleted[(doc % PS_DOCS_PER_CHUNK) / 64],
-                                      memory_order_relaxed);
-    return (w >> (doc % 64)) & 1;
+    uint32_t at = atomic_load_explicit(&c->deleted_at[doc % PS_DOCS_PER_CHUNK],
+                                       memory_order_relaxed);
+    return at != 0 && at <= watermark;
 }
 static inline uint32_t ps_seg_shard_of(const ps_segment *s, uint64_t hash) {
     return (uint32_t)((hash >> 40) % s->nshards);

@@ -13,8 +13,8 @@ list of exact terms, a static score (float) and a blob (bytes).
 * text: lowercased (ASCII A-Z only), split into tokens: maximal runs of
   ASCII letters and digits and of bytes >= 0x80 (so UTF-8 letters stay
   inside tokens); tokens longer than 255 bytes are dropped. Each token is a
-  term; its repetitions are its term frequency; the token count is the
-  document length used by BM25.
+  term; its repetitions are its term frequency (kept up to 65535); the
+  token count is the document length used by BM25.
 * terms: indexed verbatim (no lowercasing), as given; a repeated term adds
   to its term frequency. 1..255 bytes each. Terms and text tokens share one
   term space.
@@ -119,9 +119,9 @@ class RealtimeSegment:
 
     def search(self, query: Query, k: int = 10, order: str = "score") -> list[Hit]: ...
     def count(self, query: Query) -> int:
-        """Number of live documents matching (no dedup across an update in
-        flight: during the instant between add-new and delete-old of one
-        key, both may be counted)."""
+        """Number of live documents matching. A key being updated counts
+        once: a query sees either the old or the new version, never both,
+        never neither."""
     def get(self, key: Key) -> Hit | None:
         """The key's live document, or None."""
     def seal(self) -> None:
