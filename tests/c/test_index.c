@@ -129,7 +129,7 @@ static int test_posting_boundaries(void) {
     ps_post_init(&p);
     const uint32_t n = 20000;  /* past the doubling buckets (8188) */
     for (uint32_t i = 0; i < n; i++)
-        CHECK(ps_post_append(&p, i * 3, i % 300, &arena, &gen) == 0, "append %u", i);
+        CHECK(ps_post_append(&p, i * 3, i % 300, (double)(i % 1000), i % 50, &arena, &gen) == 0, "append %u", i);
     ps_post_iter it;
     ps_post_iter_open(&it, &p, UINT32_MAX - 1);
     uint32_t seen = 0;

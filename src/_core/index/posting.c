@@ -36,15 +36,35 @@ static inline uint32_t bucket_start(uint32_t b) {
     return PS_POST_DOUBLING_ENTRIES + (b - PS_POST_DOUBLING) * PS_POST_MAX_CAP;
 }
 
-int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, ps_arena *arena, ps_gen *gen) {
+static inline double bits_to_double(uint64_t bits) {
+    double d;
+    memcpy(&d, &bits, sizeof(d));
+    return d;
+}
+
+static inline uint64_t double_to_bits(double d) {
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof(bits));
+    return bits;
+}
+
+static inline size_t bucket_bytes(uint32_t b) {
+    uint32_t cap = ps_post_bucket_cap(b);
+    size_t bytes = (size_t)cap * (sizeof(uint32_t) + sizeof(uint16_t));
+    if (b >= PS_POST_META_MIN_BUCKET)
+        bytes += (cap / PS_POST_BLOCK) * sizeof(ps_block_meta);
+    return bytes;
+}
+
+int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, double score, uint32_t dl,
+                   ps_arena *arena, ps_gen *gen) {
     uint32_t n = atomic_load_explicit(&p->size, memory_order_relaxed);
     ps_skip *dir = atomic_load_explicit(&p->dir, memory_order_relaxed);
     uint32_t b, off;
     ps_post_locate(n, &b, &off);
     uint32_t *docs;
     if (off == 0) {
-        uint32_t cap = ps_post_bucket_cap(b);
-        docs = ps_arena_alloc(arena, (size_t)cap * (sizeof(uint32_t) + sizeof(uint16_t)), 4);
+        docs = ps_arena_alloc(arena, bucket_bytes(b), 8);
         if (docs == NULL)
             return -1;
         if (b > 0 && b >= dir_cap(b)) {
@@ -72,7 +92,25 @@ int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, ps_arena *arena, ps
         docs = dir[b].docs;
     }
     docs[off] = doc;
-    ps_bucket_tfs(docs, b)[off] = (uint16_t)(tf > UINT16_MAX ? UINT16_MAX : tf);
+    tf = tf > UINT16_MAX ? UINT16_MAX : tf;
+    ps_bucket_tfs(docs, b)[off] = (uint16_t)tf;
+    ps_block_meta *meta = ps_bucket_meta(docs, b);
+    if (meta != NULL) {
+        /* Only this thread writes the maxima: plain compare, relaxed store. */
+        ps_block_meta *m = &meta[off / PS_POST_BLOCK];
+        if (off % PS_POST_BLOCK == 0) {
+            atomic_store_explicit(&m->max_score, double_to_bits(score), memory_order_relaxed);
+            atomic_store_explicit(&m->min_dl, dl, memory_order_relaxed);
+            atomic_store_explicit(&m->max_tf, tf, memory_order_relaxed);
+        } else {
+            if (score > bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed)))
+                atomic_store_explicit(&m->max_score, double_to_bits(score), memory_order_relaxed);
+            if (dl < atomic_load_explicit(&m->min_dl, memory_order_relaxed))
+                atomic_store_explicit(&m->min_dl, dl, memory_order_relaxed);
+            if (tf > atomic_load_explicit(&m->max_tf, memory_order_relaxed))
+                atomic_store_explicit(&m->max_tf, tf, memory_order_relaxed);
+        }
+    }
     atomic_store_explicit(&p->size, n + 1, memory_order_release);
     return 0;
 }
@@ -211,4 +249,17 @@ uint32_t ps_post_iter_count(const ps_post_iter *it) {
     uint32_t start = bucket_start(lo), cap = ps_post_bucket_cap(lo);
     uint32_t in_bucket = it->n - start < cap ? it->n - start : cap;
     return start + lower_bound(it->dir[lo].docs, 0, in_bucket, it->limit);
+}
+
+uint32_t ps_post_iter_skip_block(ps_post_iter *it) {
+    if (it->doc == PS_DOC_END)
+        return PS_DOC_END;
+    uint32_t next = (it->off / PS_POST_BLOCK + 1) * PS_POST_BLOCK;
+    if (next >= it->bucket_n) {
+        it->off = it->bucket_n - 1;  /* as if at the bucket's last entry */
+        return ps_post_iter_next_bucket(it);
+    }
+    it->i += next - it->off;
+    it->off = next;
+    return iter_settle(it);
 }

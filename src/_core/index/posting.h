@@ -10,6 +10,16 @@
  *   term frequencies (uint16, saturating at 65535), 6 bytes an entry.
  *   Where entry i lives is arithmetic (ps_post_locate): no search.
  *
+ *   Block maxima: buckets of 128 entries or more also keep, per block of
+ *   128 entries, the largest static score and term frequency and the
+ *   smallest text length of its documents (ps_block_meta, after the tfs).
+ *   Top-K over one term skips a block whose best possible score cannot
+ *   enter the heap (block-max pruning, as in tantivy's and Lucene's
+ *   block-max WAND, here for single-term queries). The writer only raises
+ *   maxima and lowers minima, with relaxed atomic stores made before the
+ *   release store of the size; a reader that acquired the size therefore
+ *   sees bounds that cover its snapshot (or looser ones: still bounds).
+ *
  *   The skip list is single-level: one entry per bucket, {first doc id,
  *   bucket pointer}, in an array (the bucket directory). Its capacity is 1
  *   (stored inline in the posting list, so a term with one bucket costs no
@@ -45,6 +55,14 @@
 #define PS_POST_DOUBLING 11u  /* buckets 0..10 double: 4..4096 */
 #define PS_POST_DOUBLING_ENTRIES 8188u  /* 4 * (2^11 - 1) */
 #define PS_DOC_END UINT32_MAX
+#define PS_POST_BLOCK 128u
+#define PS_POST_META_MIN_BUCKET 5u  /* buckets from 4 << 5 = 128 entries */
+
+typedef struct ps_block_meta {
+    _Atomic uint64_t max_score;  /* bits of a double */
+    _Atomic uint32_t min_dl;
+    _Atomic uint32_t max_tf;
+} ps_block_meta;
 
 typedef struct ps_skip {
     uint32_t first_doc;
@@ -87,11 +105,23 @@ static inline uint16_t *ps_bucket_tfs(uint32_t *docs, uint32_t b) {
     return (uint16_t *)(docs + ps_post_bucket_cap(b));
 }
 
+/* Block maxima of bucket b (NULL below PS_POST_META_MIN_BUCKET). */
+static inline ps_block_meta *ps_bucket_meta(const uint32_t *docs, uint32_t b) {
+    if (b < PS_POST_META_MIN_BUCKET)
+        return NULL;
+    uint32_t cap = ps_post_bucket_cap(b);
+    /* docs (4 * cap) + tfs (2 * cap): cap is a multiple of 128, so 8-aligned */
+    return (ps_block_meta *)((char *)docs + (size_t)cap * 6);
+}
+
 void ps_post_init(ps_posting *p);
-/* Append (doc, tf); doc must exceed every doc already in the list.
- * Bucket memory from `arena` (the writer's own), retired directories to
- * `gen`. Returns 0, or -1 when out of memory (nothing published). */
-int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, ps_arena *arena, ps_gen *gen);
+/* Append (doc, tf); doc must exceed every doc already in the list. score
+ * and dl are the document's static score and text length, for the block
+ * maxima. Bucket memory from `arena` (the writer's own), retired
+ * directories to `gen`. Returns 0, or -1 when out of memory (nothing
+ * published). */
+int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, double score, uint32_t dl,
+                   ps_arena *arena, ps_gen *gen);
 /* Free a directory that is not the inline one (segment teardown). */
 void ps_post_free_dir(ps_posting *p);
 
@@ -126,6 +156,13 @@ static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
     }
     return ps_post_iter_next_bucket(it);
 }
+/* Block maxima of the iterator's current block, or NULL (small bucket). */
+static inline const ps_block_meta *ps_post_iter_block(const ps_post_iter *it) {
+    const ps_block_meta *m = ps_bucket_meta(it->docs, it->b);
+    return m != NULL ? &m[it->off / PS_POST_BLOCK] : NULL;
+}
+/* Leave the current block: first entry of the next one (or the end). */
+uint32_t ps_post_iter_skip_block(ps_post_iter *it);
 /* Entries of the snapshot with doc < limit, without walking them. */
 uint32_t ps_post_iter_count(const ps_post_iter *it);
 /* First entry with doc >= target, using the skip list to leap over whole

@@ -940,9 +940,6 @@ static void sift_up(ps_hit *h, uint32_t i) {
     }
 }
 
-static int same_key(const ps_docrec *a, const ps_docrec *b) {
-    return a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0;
-}
 
 static int cmp_best_first(const void *a, const void *b) {
     const ps_hit *x = a, *y = b;
@@ -959,12 +956,41 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
         ps_gen_exit(&s->gen, g);
         return -1;
     }
-    const bool term_bm25 = order == PS_ORDER_BM25 && it->kind == PS_Q_TERM;
+    const bool term_root = it->kind == PS_Q_TERM;
+    const bool term_bm25 = order == PS_ORDER_BM25 && term_root;
+    /* Block-max pruning for one-term queries: once the heap is full, a
+     * block whose best possible score is below the worst kept hit is
+     * skipped whole (checked once per block). */
+    const bool prune = term_root && order != PS_ORDER_RECENT;
+    uint32_t checked_block = UINT32_MAX;
     const bool check_deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed) != 0;
     uint32_t n = 0;
-    for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it)) {
+    uint32_t d = it->doc;
+    while (d != PS_DOC_END) {
+        if (prune && n == k) {
+            uint32_t block = (it->post.b << 16) | (it->post.off / PS_POST_BLOCK);
+            if (block != checked_block) {
+                checked_block = block;
+                const ps_block_meta *m = ps_post_iter_block(&it->post);
+                if (m != NULL) {
+                    double ub;
+                    if (order == PS_ORDER_SCORE) {
+                        uint64_t bits = atomic_load_explicit(&m->max_score, memory_order_relaxed);
+                        memcpy(&ub, &bits, sizeof(ub));
+                    } else {
+                        uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
+                        uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
+                        ub = bm25(&ex, it->idf, tf, dl_norm(&ex, dl));
+                    }
+                    if (ub < out[0].score) {
+                        d = it->doc = ps_post_iter_skip_block(&it->post);
+                        continue;
+                    }
+                }
+            }
+        }
         if (check_deleted && ps_seg_is_deleted(s, d, ex.limit))
-            continue;
+            goto next;
         const ps_docchunk *chunk = s->chunks[d / PS_DOCS_PER_CHUNK];
         const uint32_t o = d % PS_DOCS_PER_CHUNK;
         ps_hit cand = {.doc = d};
@@ -976,35 +1002,18 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
             cand.score = (double)d;
         else
             cand.score = it_score(it, d, dl_norm(&ex, chunk->dl[o]));
-        if (n == k && !better(&cand, &out[0]))
-            continue;
-        /* One hit per key: during an update both versions may be live. */
-        const ps_docrec *rec = &chunk->rec[o];
-        cand.key_hash = rec->key_hash;
-        uint32_t dup = n;
-        for (uint32_t i = 0; i < n; i++) {
-            if (out[i].key_hash == cand.key_hash && same_key(ps_seg_doc(s, out[i].doc), rec)) {
-                dup = i;
-                break;
-            }
-        }
-        if (dup < n) {
-            const ps_docrec *old = ps_seg_doc(s, out[dup].doc);
-            if (old->version > rec->version || (old->version == rec->version && out[dup].doc > d))
-                continue;
-            out[dup] = cand;
-            sift_up(out, dup);
-            sift_down(out, n, dup);
-            continue;
-        }
+        /* No deduplication by key is needed: deletes are versioned by the
+         * watermark (segment.h), so this query sees one version per key. */
         if (n < k) {
             out[n] = cand;
             sift_up(out, n);
             n++;
-        } else {
+        } else if (better(&cand, &out[0])) {
             out[0] = cand;
             sift_down(out, n, 0);
         }
+    next:
+        d = it_next(it);
     }
     it_free(it);
     ps_gen_exit(&s->gen, g);

@@ -57,14 +57,13 @@ int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t e
 
 typedef struct ps_hit {
     uint32_t doc;
-    uint32_t key_hash;  /* internal: deduplication by key */
     double score;
 } ps_hit;
 
 /* Number of live documents matching q. 0, or -1 when out of memory. */
 int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count);
-/* Best k (1..PS_K_MAX) live matches, best first, deduplicated by key
- * (newest version wins). 0, or -1 when out of memory. */
+/* Best k (1..PS_K_MAX) live matches, best first (one version per key, by
+ * construction: see segment.h). 0, or -1 when out of memory. */
 int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
                 uint32_t *nout);
 

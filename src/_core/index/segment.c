@@ -133,7 +133,10 @@ static inline int shard_append(ps_shard *sh, const ps_work *w) {
     ps_term *t = ps_dict_get_or_add(&sh->dict, w->term, w->len, w->hash, &sh->arena, &sh->seg->gen);
     if (t == NULL)
         return -1;
-    return ps_post_append(&t->post, w->doc, w->tf, &sh->arena, &sh->seg->gen);
+    /* The owner wrote the document's forward data before handing it over. */
+    const ps_segment *s = sh->seg;
+    return ps_post_append(&t->post, w->doc, w->tf, ps_seg_score(s, w->doc), ps_seg_dl(s, w->doc),
+                          &sh->arena, &sh->seg->gen);
 }
 
 /* A shard's part of a batch: its occurrences in doc order, publishing
