@@ -263,3 +263,37 @@ uint32_t ps_post_iter_skip_block(ps_post_iter *it) {
     it->off = next;
     return iter_settle(it);
 }
+
+int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
+                        uint32_t *max_tf, uint32_t *min_dl) {
+    if (it->doc == PS_DOC_END)
+        return 1;
+    uint32_t b = it->b, blk = it->off / PS_POST_BLOCK;
+    for (;;) {
+        const uint32_t *docs = it->dir[b].docs;
+        const ps_block_meta *meta = ps_bucket_meta(docs, b);
+        if (meta == NULL)
+            return 0;
+        uint32_t start = bucket_start(b), cap = ps_post_bucket_cap(b);
+        uint32_t in_bucket = it->n - start < cap ? it->n - start : cap;
+        uint32_t nblk = (in_bucket + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
+        for (; blk < nblk; blk++) {
+            const ps_block_meta *m = &meta[blk];
+            double sc = bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed));
+            uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
+            uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
+            if (sc > *max_score)
+                *max_score = sc;
+            if (tf > *max_tf)
+                *max_tf = tf;
+            if (dl < *min_dl)
+                *min_dl = dl;
+            uint32_t last = (blk + 1) * PS_POST_BLOCK;
+            if (docs[(last < in_bucket ? last : in_bucket) - 1] >= end)
+                return 1;
+        }
+        if (++b >= it->nbuckets)
+            return 1;
+        blk = 0;
+    }
+}

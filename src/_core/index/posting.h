@@ -163,6 +163,11 @@ static inline const ps_block_meta *ps_post_iter_block(const ps_post_iter *it) {
 }
 /* Leave the current block: first entry of the next one (or the end). */
 uint32_t ps_post_iter_skip_block(ps_post_iter *it);
+/* Fold the block maxima of the blocks from the current one up to the one
+ * holding the first entry >= end into *max_score, *max_tf, *min_dl.
+ * Returns 0 if one of those blocks keeps no maxima (a small bucket). */
+int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
+                        uint32_t *max_tf, uint32_t *min_dl);
 /* Entries of the snapshot with doc < limit, without walking them. */
 uint32_t ps_post_iter_count(const ps_post_iter *it);
 /* First entry with doc >= target, using the skip list to leap over whole

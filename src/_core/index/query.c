@@ -445,6 +445,7 @@ enum { IT_EMPTY = 0 };
 
 typedef struct or_window {
     uint32_t base;
+    uint32_t words;   /* 64-doc words in use: the window's span / 64 */
     uint64_t bits[OR_WINDOW / 64];
     uint64_t touched[OR_WINDOW / 64];  /* where acc[] may be non-zero */
     double acc[OR_WINDOW];  /* scoring only; zero outside `touched` */
@@ -472,6 +473,10 @@ typedef struct qexec {
     uint32_t limit;     /* committed watermark of this query */
     double k1, b, avgdl;
     bool scoring;       /* BM25 wanted: OR windows accumulate scores */
+    int order;          /* PS_ORDER_* of a search; -1 for count */
+    const struct qit *root;
+    bool have_threshold;  /* the top-K heap is full: ... */
+    double threshold;     /* ... and this is its worst score */
     double k1p1;        /* k1 + 1 */
     double norm[NORM_TABLE];  /* k1 * (1 - b + b * dl / avgdl) for small dl */
 } qexec;
@@ -549,13 +554,13 @@ static uint32_t andnot_align(qit *it) {
 static uint32_t win_scan(qit *it, uint32_t from) {
     or_window *w = it->win;
     uint32_t wi = from / 64;
-    if (wi >= OR_WINDOW / 64)
+    if (wi >= w->words)
         return PS_DOC_END;
     uint64_t word = w->bits[wi] & (~0ull << (from % 64));
     for (;;) {
         if (word != 0)
             return w->base + wi * 64 + (uint32_t)__builtin_ctzll(word);
-        if (++wi == OR_WINDOW / 64)
+        if (++wi == w->words)
             return PS_DOC_END;
         word = w->bits[wi];
     }
@@ -591,27 +596,79 @@ static void win_drain(qit *it, qit *c, uint64_t *bits, uint32_t base, uint64_t e
     }
 }
 
+/*
+ * Window-level block-max pruning (MaxScore over windows) for a top-K whose
+ * root is an OR of terms: the best score any document of the window
+ * [.., end) could reach is bounded by the operands' block maxima (BM25:
+ * the sum of each term's bound; static score: the largest block maximum).
+ * When that is below the heap's worst kept score, the window is skipped
+ * without draining a posting.
+ */
+#define PRUNE_WINDOW 512u
+
+static inline bool window_pruning_on(const qit *it) {
+    const qexec *ex = it->ex;
+    return it == ex->root && ex->have_threshold && ex->order != PS_ORDER_RECENT;
+}
+
+static bool window_prunable(const qit *it, uint64_t end) {
+    const qexec *ex = it->ex;
+    if (!window_pruning_on(it))
+        return false;
+    double bound = 0.0, best_static = -INFINITY;
+    for (uint32_t i = 0; i < it->n; i++) {
+        const qit *c = it->c[i];
+        if (c->doc == PS_DOC_END || c->doc >= end)
+            continue;
+        if (c->kind != PS_Q_TERM)
+            return false;
+        double max_score = -INFINITY;
+        uint32_t max_tf = 0, min_dl = UINT32_MAX;
+        if (!ps_post_iter_bounds(&c->post, end, &max_score, &max_tf, &min_dl))
+            return false;
+        if (max_score > best_static)
+            best_static = max_score;
+        bound += bm25(ex, c->idf, max_tf, dl_norm(ex, min_dl));
+    }
+    return (ex->order == PS_ORDER_SCORE ? best_static : bound) < ex->threshold;
+}
+
 /* Start the next window and fill it: for OR at the lowest operand doc,
  * for AND at the highest (no match can come before it). */
 static uint32_t win_fill(qit *it) {
     or_window *w = it->win;
     if (it->ex->scoring) {
-        for (uint32_t wi = 0; wi < OR_WINDOW / 64; wi++)
+        for (uint32_t wi = 0; wi < w->words; wi++)
             for (uint64_t b = w->touched[wi]; b; b &= b - 1)
                 w->acc[wi * 64 + (uint32_t)__builtin_ctzll(b)] = 0.0;
     }
-    memset(w->bits, 0, sizeof(w->bits));
+    memset(w->bits, 0, w->words * sizeof(uint64_t));
+    w->words = OR_WINDOW / 64;
     if (it->kind == PS_Q_OR) {
-        uint32_t base = PS_DOC_END;
-        for (uint32_t i = 0; i < it->n; i++)
-            if (it->c[i]->doc < base)
-                base = it->c[i]->doc;
-        if (base == PS_DOC_END)
-            return it->doc = PS_DOC_END;
+        uint32_t base;
+        uint64_t span;
+        for (;;) {
+            base = PS_DOC_END;
+            for (uint32_t i = 0; i < it->n; i++)
+                if (it->c[i]->doc < base)
+                    base = it->c[i]->doc;
+            if (base == PS_DOC_END)
+                return it->doc = PS_DOC_END;
+            /* Once pruning is possible, narrower windows give tighter
+             * bounds: fewer postings per bound, more windows skipped. */
+            span = window_pruning_on(it) ? PRUNE_WINDOW : OR_WINDOW;
+            uint64_t end = (uint64_t)base + span;
+            if (!window_prunable(it, end))
+                break;
+            /* No document of this window can enter the top K: leap. */
+            for (uint32_t i = 0; i < it->n; i++)
+                it_advance(it->c[i], end >= PS_DOC_END ? PS_DOC_END : (uint32_t)end);
+        }
         w->base = base;
+        w->words = (uint32_t)(span / 64);
         for (uint32_t i = 0; i < it->n; i++)
-            win_drain(it, it->c[i], w->bits, base, (uint64_t)base + OR_WINDOW, it->ex->scoring);
-        memcpy(w->touched, w->bits, sizeof(w->bits));
+            win_drain(it, it->c[i], w->bits, base, (uint64_t)base + span, it->ex->scoring);
+        memcpy(w->touched, w->bits, w->words * sizeof(uint64_t));
         return it->doc = win_scan(it, 0);
     }
     /* AND: intersect the operands' windows; ANDNOT: the include side's
@@ -865,6 +922,10 @@ static double it_score(const qit *it, uint32_t doc, double norm) {
 static qit *exec_open(qexec *ex, ps_segment *s, const ps_qnode *q, bool scoring) {
     ex->s = s;
     ex->scoring = scoring;
+    ex->order = -1;
+    ex->root = NULL;
+    ex->have_threshold = false;
+    ex->threshold = 0.0;
     ex->limit = ps_seg_committed(s);
     ex->k1 = s->k1;
     ex->b = s->b;
@@ -956,6 +1017,8 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
         ps_gen_exit(&s->gen, g);
         return -1;
     }
+    ex.order = order;
+    ex.root = it;
     const bool term_root = it->kind == PS_Q_TERM;
     const bool term_bm25 = order == PS_ORDER_BM25 && term_root;
     /* Block-max pruning for one-term queries: once the heap is full, a
@@ -1011,6 +1074,10 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
         } else if (better(&cand, &out[0])) {
             out[0] = cand;
             sift_down(out, n, 0);
+        }
+        if (n == k) {
+            ex.have_threshold = true;
+            ex.threshold = out[0].score;
         }
     next:
         d = it_next(it);
