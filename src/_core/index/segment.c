@@ -342,6 +342,7 @@ static ps_keyent *keymap_get_or_add(ps_segment *s, const char *key, uint32_t len
     e->key_len = len;
     e->doc = PS_DOC_NONE;
     e->version = INT64_MIN;
+    e->tomb = INT64_MIN;
     *slot = e;
     s->key_count++;
     return e;
@@ -382,7 +383,7 @@ static uint32_t count_fresh(ps_segment *s, const ps_doc_in *docs, uint32_t n) {
             newest = seen[j].version;
         } else {
             ps_keyent *e = keymap_find(s, d->key, d->key_len, h);
-            newest = e != NULL ? e->version : INT64_MIN;
+            newest = e == NULL ? INT64_MIN : e->version > e->tomb ? e->version : e->tomb;
             seen[j].doc = d;
         }
         if (newest > d->version) {
@@ -518,7 +519,7 @@ static int add_one(ps_segment *s, const ps_doc_in *in, size_t lower_off, bool th
         pthread_mutex_unlock(&s->key_lock);
         return -1;
     }
-    if (e->version > in->version) {
+    if (e->version > in->version || e->tomb > in->version) {
         pthread_mutex_unlock(&s->key_lock);
         atomic_fetch_add_explicit(&s->stale_dropped, 1, memory_order_relaxed);
         return 0;
@@ -703,8 +704,10 @@ int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_ver
             *deleted = 1;
         }
         /* A versioned delete leaves a tombstone of its version; a plain
-         * one forgets the key's history. */
-        e->version = has_version ? version : INT64_MIN;
+         * one keeps whatever tombstone there is, and nothing more. */
+        e->version = INT64_MIN;
+        if (has_version && version > e->tomb)
+            e->tomb = version;
     }
     pthread_mutex_unlock(&s->key_lock);
     pthread_mutex_unlock(&s->write_lock);

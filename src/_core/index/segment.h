@@ -12,8 +12,10 @@
  *                   keys and blobs in the owner's arena.
  *   deletes         per doc id, the watermark from which it counts as
  *                   deleted (deleted_at; 0: live), set once, never cleared.
- *   key map         key -> newest live doc id and the newest version seen
- *                   (a version survives a delete as a tombstone).
+ *   key map         key -> newest live doc id, its version, and the largest
+ *                   version of a versioned delete (a tombstone, which a
+ *                   plain delete leaves in place). An add older than either
+ *                   is dropped as stale.
  *
  * DOCUMENT-LEVEL COMMIT
  *   Doc ids are handed out in order. `committed` is the watermark: every
@@ -133,7 +135,8 @@ typedef struct ps_keyent {
     const char *key;  /* in the owner's arena */
     uint32_t key_len;
     uint32_t doc;     /* live doc id, or PS_DOC_NONE */
-    int64_t version;  /* newest version accepted (add or versioned delete) */
+    int64_t version;  /* version of the live (or pending) doc; INT64_MIN: none */
+    int64_t tomb;     /* largest version of a versioned delete; INT64_MIN: none */
 } ps_keyent;
 
 struct ps_segment;

@@ -49,8 +49,14 @@ Results are live (committed, not deleted) documents, newest version per key
 (deduplicated by key), best first:
 
     order="score"  static score, descending; ties: higher doc id first
-    order="bm25"   BM25 (k1, b from the constructor) over the query's
-                   positive terms; ties: higher doc id first
+    order="bm25"   BM25 (k1, b from the constructor): the sum over the
+                   query's terms through which the document matches (an
+                   OR branch that does not match, or an AND-NOT's exclude
+                   side, adds nothing), with idf = ln(1 + (N - df + 0.5) /
+                   (df + 0.5)), N the committed documents and df the
+                   term's postings (deleted documents included, as
+                   Lucene does), avgdl over the committed documents;
+                   ties: higher doc id first
     order="recent" doc id descending (newest first)
 
 Threads: every method except add/add_batch/delete/seal may be called from
