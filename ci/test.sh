@@ -5,10 +5,13 @@
 #   2. release build             pip install -v .; any compiler warning fails
 #   3. tests                     pytest tests (benchmarks deselected)
 #   4. wheel in a clean venv     pip wheel, fresh venv, pinstack-cache --version
-#   5. sanitizer build + tests   PINSTACK_SANITIZE=1, ASan+UBSan+LSan
-#   6. C engine tests            tests/c: optimised, ASan+UBSan, ThreadSanitizer, in a
+#   5. sanitizer build + tests   PINSTACK_SANITIZE=1, ASan+UBSan+LSan, in a
 #                                venv of its own: the release build stays the
 #                                installed one
+#   6. C tests                   tests/c: the cache's storage engine and whole
+#                                server, and the search index's realtime
+#                                segment under concurrent readers and writers;
+#                                optimised, ASan+UBSan, ThreadSanitizer
 #
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -154,6 +157,6 @@ fi
 
 section "6/6 C storage engine tests (optimised, ASan+UBSan, ThreadSanitizer)"
 make -C tests/c clean >/dev/null
-make -C tests/c test || fail "C storage engine tests (tests/c) failed"
+make -C tests/c test || fail "C tests (tests/c) failed"
 
 section "all checks passed"
