@@ -733,7 +733,7 @@ def print_table(run: Run, metrics: dict) -> None:
               f"p99 {v['after_add_called']['p99_us']:.1f} us, "
               f"max {v['after_add_called']['max_us']:.1f} us")
         print(f"the same ping-pong with a Python variable in place of the index "
-              f"(two Python threads noticing each other): "
+              f"(two Python threads noticing\neach other): "
               f"p50 {f['p50_us']:.1f} us, p99 {f['p99_us']:.1f} us, max {f['max_us']:.1f} us")
     c = run.checks
     if c["counts_compared"]:
