@@ -954,6 +954,14 @@ int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count) {
         n = ps_post_iter_count(&it->post);  /* no walk: the snapshot's size */
     } else if (!check_deleted && it->kind == PS_Q_ALL) {
         n = ex.limit;
+    } else if (!check_deleted && it->win != NULL) {
+        /* A windowed root (OR, dense AND, AND-NOT): every set bit of a
+         * filled window is a match; count them a word at a time. */
+        while (it->doc != PS_DOC_END) {
+            for (uint32_t wi = 0; wi < it->win->words; wi++)
+                n += (uint64_t)__builtin_popcountll(it->win->bits[wi]);
+            win_fill(it);
+        }
     } else if (!check_deleted) {
         for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
             n++;
