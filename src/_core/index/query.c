@@ -975,7 +975,7 @@ int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count) {
     return 0;
 }
 
-/* ---- top-K: a min-heap (worst hit at the root), deduplicated by key ------ */
+/* ---- top-K: a min-heap, the worst kept hit at the root ------------------- */
 
 static inline int better(const ps_hit *a, const ps_hit *b) {
     return a->score > b->score || (a->score == b->score && a->doc > b->doc);

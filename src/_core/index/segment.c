@@ -539,7 +539,6 @@ static int add_one(ps_segment *s, const ps_doc_in *in, size_t lower_off, bool th
     ps_docrec *r = &s->chunks[ci]->rec[doc % PS_DOCS_PER_CHUNK];
     r->key = e->key;
     r->key_len = in->key_len;
-    r->key_hash = (uint32_t)khash;
     r->version = in->version;
     s->chunks[ci]->score[doc % PS_DOCS_PER_CHUNK] = in->score;
     r->blob_len = (uint32_t)in->blob_len;

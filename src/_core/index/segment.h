@@ -36,7 +36,7 @@
  *   deleted_at too: the new version only. A key being updated never
  *   vanishes from results and never shows twice. A plain delete takes
  *   effect at the current watermark (queries already running may or may
- *   not see it). Top-K is still deduplicated by key as a safety net.
+ *   not see it).
  *
  * THREADS AND LOCKS
  *   owner       the caller of add/add_batch/delete/seal, one at a time
@@ -108,7 +108,6 @@ typedef struct ps_docrec {
     uint32_t key_len;
     uint32_t blob_len;
     int64_t version;
-    uint32_t key_hash;  /* for deduplication by key */
 } ps_docrec;
 
 /* 4096 documents' forward data. What every matching document of a query

@@ -45,8 +45,9 @@ means every document except those. Terms are matched exactly: text tokens
 are lowercase, so search lowercase. Bad syntax raises ValueError naming the
 position.
 
-Results are live (committed, not deleted) documents, newest version per key
-(deduplicated by key), best first:
+Results are live (committed, not deleted) documents, one per key (a key
+being updated shows either its old or its new version, never both), best
+first:
 
     order="score"  static score, descending; ties: higher doc id first
     order="bm25"   BM25 (k1, b from the constructor): the sum over the
