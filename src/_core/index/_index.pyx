@@ -84,6 +84,7 @@ cdef extern from "segment.h" nogil:
     const ps_docrec *ps_seg_doc(const ps_segment *s, uint32_t doc)
     double ps_seg_score(const ps_segment *s, uint32_t doc)
     void ps_seg_stats_get(ps_segment *s, ps_seg_stats *out)
+    uint32_t ps_seg_live(ps_segment *s)
 
 
 cdef extern from *:
@@ -461,12 +462,10 @@ cdef class RealtimeSegment:
 
     @property
     def sealed(self):
-        return bool(self.stats()["sealed"])
+        return bool(_sealed(self.seg))
 
     def __len__(self):
-        cdef ps_seg_stats st
-        ps_seg_stats_get(self.seg, &st)
-        return st.docs_live
+        return ps_seg_live(self.seg)
 
     def stats(self):
         """Counters and memory; see the .pyi for every key."""

@@ -9,21 +9,11 @@
 
 #include <math.h>
 #include <stdbool.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/hash.h"
-
-static void q_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- trees ---------------------------------------------------------------- */
 
@@ -70,21 +60,21 @@ void ps_q_free(ps_qnode *q) {
 
 static int check_rec(const ps_qnode *q, int depth, uint32_t *nodes, char *err, size_t errlen) {
     if (q == NULL) {
-        q_err(err, errlen, "query: missing node");
+        ps_errf(err, errlen, "query: missing node");
         return -1;
     }
     if (depth > PS_Q_MAX_DEPTH) {
-        q_err(err, errlen, "query: nested deeper than %d", PS_Q_MAX_DEPTH);
+        ps_errf(err, errlen, "query: nested deeper than %d", PS_Q_MAX_DEPTH);
         return -1;
     }
     if (++*nodes > PS_Q_MAX_NODES) {
-        q_err(err, errlen, "query: more than %d nodes", PS_Q_MAX_NODES);
+        ps_errf(err, errlen, "query: more than %d nodes", PS_Q_MAX_NODES);
         return -1;
     }
     switch (q->kind) {
     case PS_Q_TERM:
         if (q->len < 1 || q->len > PS_TERM_MAX) {
-            q_err(err, errlen, "query: a term must be 1..%d bytes (got %u)", PS_TERM_MAX, q->len);
+            ps_errf(err, errlen, "query: a term must be 1..%d bytes (got %u)", PS_TERM_MAX, q->len);
             return -1;
         }
         return 0;
@@ -93,19 +83,19 @@ static int check_rec(const ps_qnode *q, int depth, uint32_t *nodes, char *err, s
     case PS_Q_AND:
     case PS_Q_OR:
         if (q->nchild < 1) {
-            q_err(err, errlen, "query: %s needs at least one operand",
+            ps_errf(err, errlen, "query: %s needs at least one operand",
                   q->kind == PS_Q_AND ? "and" : "or");
             return -1;
         }
         break;
     case PS_Q_ANDNOT:
         if (q->nchild != 2) {
-            q_err(err, errlen, "query: andnot needs exactly two operands (include, exclude)");
+            ps_errf(err, errlen, "query: andnot needs exactly two operands (include, exclude)");
             return -1;
         }
         break;
     default:
-        q_err(err, errlen, "query: unknown node kind %d", q->kind);
+        ps_errf(err, errlen, "query: unknown node kind %d", q->kind);
         return -1;
     }
     for (uint32_t i = 0; i < q->nchild; i++)
@@ -173,7 +163,7 @@ static int lex(parser *p) {
         size_t i = p->pos + 1;
         p->word = malloc(p->len - p->pos + 1);
         if (p->word == NULL) {
-            q_err(p->err, p->errlen, "out of memory");
+            ps_errf(p->err, p->errlen, "out of memory");
             p->failed = 1;
             return p->tok = T_END;
         }
@@ -184,7 +174,7 @@ static int lex(parser *p) {
             p->word[n++] = p->s[i++];
         }
         if (i >= p->len) {
-            q_err(p->err, p->errlen, "query: unterminated quote at position %zu", p->tok_pos);
+            ps_errf(p->err, p->errlen, "query: unterminated quote at position %zu", p->tok_pos);
             p->failed = 1;
             return p->tok = T_END;
         }
@@ -208,7 +198,7 @@ static int lex(parser *p) {
         return p->tok = T_STAR;
     p->word = malloc(n);
     if (p->word == NULL) {
-        q_err(p->err, p->errlen, "out of memory");
+        ps_errf(p->err, p->errlen, "out of memory");
         p->failed = 1;
         return p->tok = T_END;
     }
@@ -222,16 +212,16 @@ static ps_qnode *parse_or(parser *p);
 static ps_qnode *fail(parser *p, const char *what) {
     if (!p->failed) {
         if (p->tok == T_END)
-            q_err(p->err, p->errlen, "query: %s at position %zu (end of query)", what, p->tok_pos);
+            ps_errf(p->err, p->errlen, "query: %s at position %zu (end of query)", what, p->tok_pos);
         else
-            q_err(p->err, p->errlen, "query: %s at position %zu", what, p->tok_pos);
+            ps_errf(p->err, p->errlen, "query: %s at position %zu", what, p->tok_pos);
         p->failed = 1;
     }
     return NULL;
 }
 
 static ps_qnode *nomem(parser *p) {
-    q_err(p->err, p->errlen, "out of memory");
+    ps_errf(p->err, p->errlen, "out of memory");
     p->failed = 1;
     return NULL;
 }
@@ -275,7 +265,7 @@ static ps_qnode *parse_unary(parser *p, int *neg) {
         if (p->tok != T_RPAREN) {
             ps_q_free(q);
             if (!p->failed) {
-                q_err(p->err, p->errlen, "query: missing ')' for '(' at position %zu", open_at);
+                ps_errf(p->err, p->errlen, "query: missing ')' for '(' at position %zu", open_at);
                 p->failed = 1;
             }
             return NULL;
@@ -405,7 +395,7 @@ int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t e
     *out = NULL;
     lex(&p);
     if (p.tok == T_END && !p.failed) {
-        q_err(err, errlen, "query: empty");
+        ps_errf(err, errlen, "query: empty");
         return -1;
     }
     ps_qnode *q = parse_or(&p);
@@ -804,6 +794,18 @@ static int cmp_cost(const void *a, const void *b) {
     return x->cost < y->cost ? -1 : x->cost > y->cost;
 }
 
+/* Give `it` a window and fill the first one; on failure free `it` (the
+ * caller returns NULL). */
+static int win_open(qit *it) {
+    it->win = calloc(1, sizeof(or_window));
+    if (it->win == NULL) {
+        it_free(it);
+        return -1;
+    }
+    win_fill(it);
+    return 0;
+}
+
 /* Compile q into an iterator positioned on its first match. */
 static qit *it_build(qexec *ex, const ps_qnode *q) {
     qit *it = calloc(1, sizeof(*it));
@@ -853,12 +855,8 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
         qsort(it->c, it->n, sizeof(*it->c), cmp_cost);
         it->cost = it->c[0]->cost;
         if (it->n >= 2 && it->c[0]->cost * AND_DENSE >= ex->limit && ex->limit > 0) {
-            it->win = calloc(1, sizeof(or_window));
-            if (it->win == NULL) {
-                it_free(it);
+            if (win_open(it) != 0)
                 return NULL;
-            }
-            win_fill(it);
         } else {
             and_align(it);
         }
@@ -867,12 +865,8 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
         for (uint32_t i = 0; i < it->n; i++)
             it->cost += it->c[i]->cost;
         if (it->n >= 2) {
-            it->win = calloc(1, sizeof(or_window));
-            if (it->win == NULL) {
-                it_free(it);
+            if (win_open(it) != 0)
                 return NULL;
-            }
-            win_fill(it);
         } else {
             or_min(it);
         }
@@ -880,12 +874,8 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
     case PS_Q_ANDNOT:
         it->cost = it->c[0]->cost;
         if (it->c[0]->cost * AND_DENSE >= ex->limit && ex->limit > 0 && it->c[1]->cost > 0) {
-            it->win = calloc(1, sizeof(or_window));
-            if (it->win == NULL) {
-                it_free(it);
+            if (win_open(it) != 0)
                 return NULL;
-            }
-            win_fill(it);
         } else {
             andnot_align(it);
         }

@@ -26,7 +26,7 @@
 
 #include "common/hash.h"
 
-static void seg_err(char *err, size_t errlen, const char *fmt, ...) {
+void ps_errf(char *err, size_t errlen, const char *fmt, ...) {
     if (err == NULL || errlen == 0)
         return;
     va_list ap;
@@ -203,15 +203,15 @@ static void stop_threads(ps_segment *s) {
 ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
                        char *err, size_t errlen) {
     if (nshards < 1 || nshards > PS_MAX_SHARDS) {
-        seg_err(err, errlen, "writer_threads must be 1..%d (got %u)", PS_MAX_SHARDS, nshards);
+        ps_errf(err, errlen, "writer_threads must be 1..%d (got %u)", PS_MAX_SHARDS, nshards);
         return NULL;
     }
     if (max_docs < 1 || max_docs > (1u << 31)) {
-        seg_err(err, errlen, "max_docs must be 1..%u (got %u)", 1u << 31, max_docs);
+        ps_errf(err, errlen, "max_docs must be 1..%u (got %u)", 1u << 31, max_docs);
         return NULL;
     }
     if (!(k1 >= 0 && k1 <= 100) || !(b >= 0 && b <= 1)) {
-        seg_err(err, errlen, "BM25 needs 0 <= k1 <= 100 and 0 <= b <= 1");
+        ps_errf(err, errlen, "BM25 needs 0 <= k1 <= 100 and 0 <= b <= 1");
         return NULL;
     }
     ps_segment *s = calloc(1, sizeof(*s));
@@ -245,7 +245,7 @@ ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
     }
     for (uint32_t i = 1; i < nshards; i++) {
         if (pthread_create(&s->shards[i].thread, NULL, shard_main, &s->shards[i]) != 0) {
-            seg_err(err, errlen, "cannot start writer thread %u", i);
+            ps_errf(err, errlen, "cannot start writer thread %u", i);
             ps_seg_free(s);
             return NULL;
         }
@@ -255,7 +255,7 @@ ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
 nomem_free:
     ps_seg_free(s);
 nomem:
-    seg_err(err, errlen, "out of memory");
+    ps_errf(err, errlen, "out of memory");
     return NULL;
 }
 
@@ -404,23 +404,23 @@ static int validate_docs(const ps_doc_in *docs, uint32_t n, size_t *text_total, 
     for (uint32_t i = 0; i < n; i++) {
         const ps_doc_in *d = &docs[i];
         if (d->key_len < 1 || d->key_len > PS_KEY_MAX) {
-            seg_err(err, errlen, "document %u: key must be 1..%d bytes (got %u)", i, PS_KEY_MAX,
+            ps_errf(err, errlen, "document %u: key must be 1..%d bytes (got %u)", i, PS_KEY_MAX,
                     d->key_len);
             return PS_ERR_INVALID;
         }
         for (uint32_t t = 0; t < d->nterms; t++) {
             if (d->term_lens[t] < 1 || d->term_lens[t] > PS_TERM_MAX) {
-                seg_err(err, errlen, "document %u: term %u must be 1..%d bytes (got %u)", i, t,
+                ps_errf(err, errlen, "document %u: term %u must be 1..%d bytes (got %u)", i, t,
                         PS_TERM_MAX, d->term_lens[t]);
                 return PS_ERR_INVALID;
             }
         }
         if (isnan(d->score)) {
-            seg_err(err, errlen, "document %u: score is NaN", i);
+            ps_errf(err, errlen, "document %u: score is NaN", i);
             return PS_ERR_INVALID;
         }
         if (d->text_len > UINT32_MAX || d->blob_len > UINT32_MAX) {
-            seg_err(err, errlen, "document %u: text and blob must be under 4 GiB", i);
+            ps_errf(err, errlen, "document %u: text and blob must be under 4 GiB", i);
             return PS_ERR_INVALID;
         }
         total += d->text_len;
@@ -602,19 +602,19 @@ int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool thre
     pthread_mutex_lock(&s->write_lock);
     if (atomic_load(&s->sealed)) {
         pthread_mutex_unlock(&s->write_lock);
-        seg_err(err, errlen, "the segment is sealed");
+        ps_errf(err, errlen, "the segment is sealed");
         return PS_ERR_SEALED;
     }
     if ((uint64_t)s->next_doc + n > s->max_docs &&
         (uint64_t)s->next_doc + count_fresh(s, docs, n) > s->max_docs) {
         pthread_mutex_unlock(&s->write_lock);
-        seg_err(err, errlen, "segment full: %u documents of max_docs %u, %u more asked",
+        ps_errf(err, errlen, "segment full: %u documents of max_docs %u, %u more asked",
                 s->next_doc, s->max_docs, n);
         return PS_ERR_FULL;
     }
     if (ensure_scratch(s, text_total, n) != 0) {
         pthread_mutex_unlock(&s->write_lock);
-        seg_err(err, errlen, "out of memory");
+        ps_errf(err, errlen, "out of memory");
         return PS_ERR_NOMEM;
     }
     threaded = threaded && s->nshards > 1 && n > 1;
@@ -638,7 +638,7 @@ int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool thre
         lower_off += d->text_len;
         if (r < 0) {
             rc = PS_ERR_NOMEM;
-            seg_err(err, errlen, "out of memory at document %u", i);
+            ps_errf(err, errlen, "out of memory at document %u", i);
             break;
         }
         if (ids != NULL)
@@ -663,7 +663,7 @@ int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool thre
         try_commit(s);
         if (failed && rc == PS_OK) {
             rc = PS_ERR_NOMEM;
-            seg_err(err, errlen, "out of memory: %u postings lost", failed);
+            ps_errf(err, errlen, "out of memory: %u postings lost", failed);
         }
     } else if (threaded) {
         /* Nothing added: no hand-off. */
@@ -677,13 +677,13 @@ int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_ver
                   int64_t version, int *deleted, char *err, size_t errlen) {
     *deleted = 0;
     if (key_len < 1 || key_len > PS_KEY_MAX) {
-        seg_err(err, errlen, "key must be 1..%d bytes (got %u)", PS_KEY_MAX, key_len);
+        ps_errf(err, errlen, "key must be 1..%d bytes (got %u)", PS_KEY_MAX, key_len);
         return PS_ERR_INVALID;
     }
     pthread_mutex_lock(&s->write_lock);
     if (atomic_load(&s->sealed)) {
         pthread_mutex_unlock(&s->write_lock);
-        seg_err(err, errlen, "the segment is sealed");
+        ps_errf(err, errlen, "the segment is sealed");
         return PS_ERR_SEALED;
     }
     uint64_t h = ps_hash64(key, key_len);
@@ -694,7 +694,7 @@ int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_ver
     if (e == NULL) {
         if (has_version) {
             rc = PS_ERR_NOMEM;
-            seg_err(err, errlen, "out of memory");
+            ps_errf(err, errlen, "out of memory");
         }
     } else if (!has_version || e->version <= version) {
         if (e->doc != PS_DOC_NONE) {
@@ -751,11 +751,10 @@ static void count_entry_bytes(ps_term *t, void *arg) {
 void ps_seg_stats_get(ps_segment *s, ps_seg_stats *o) {
     memset(o, 0, sizeof(*o));
     uint32_t committed = ps_seg_committed(s);
-    uint32_t deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed);
     o->docs_committed = committed;
     o->docs_added = committed;
-    o->docs_deleted = deleted;
-    o->docs_live = committed >= deleted ? committed - deleted : 0;
+    o->docs_deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed);
+    o->docs_live = ps_seg_live(s);
     o->stale_dropped = atomic_load_explicit(&s->stale_dropped, memory_order_relaxed);
     uint64_t shard_bytes = 0, entry_bytes = 0, table_bytes = 0;
     for (uint32_t i = 0; i < s->nshards; i++) {

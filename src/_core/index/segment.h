@@ -206,6 +206,11 @@ typedef struct ps_segment {
     _Atomic uint64_t input_bytes;
 } ps_segment;
 
+/* printf into the caller's error buffer (err may be NULL); the index's one
+ * way of reporting what went wrong. */
+void ps_errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Create; NULL with err filled on failure. */
 ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
                        char *err, size_t errlen);
@@ -249,6 +254,13 @@ static inline bool ps_seg_is_deleted(const ps_segment *s, uint32_t doc, uint32_t
 }
 static inline uint32_t ps_seg_shard_of(const ps_segment *s, uint64_t hash) {
     return (uint32_t)((hash >> 40) % s->nshards);
+}
+
+/* Live documents: committed minus deleted (cheap; stats walks the terms). */
+static inline uint32_t ps_seg_live(ps_segment *s) {
+    uint32_t c = ps_seg_committed(s);
+    uint32_t d = atomic_load_explicit(&s->deleted_count, memory_order_relaxed);
+    return c >= d ? c - d : 0;
 }
 
 typedef struct ps_seg_stats {
