@@ -101,7 +101,7 @@ extensions = [
     # start so the wheel's runtime needs do not change under users' feet.
     engine_extension("cache", ["uring", "ssl", "crypto", "pthread", "m"]),
     engine_extension("bench", ["pthread", "m"]),
-    engine_extension("index", ["pthread", "m"]),
+    engine_extension("index", ["pthread", "m", "lz4", "z"]),  # LZ4: stored fields; zlib: CRC-32
 ]
 
 

@@ -20,6 +20,8 @@ APT_PACKAGES=(
     pkg-config
     liburing-dev        # io_uring (flash tier)
     libssl-dev          # TLS
+    liblz4-dev          # LZ4: the search leaf's stored fields
+    zlib1g-dev          # zlib: CRC-32 of the leaf's segment files
     memcached           # the reference server for differential tests
     libmemcached-tools  # memcslap, memcstat, ... (load and protocol checks)
     nutcracker          # twemproxy, the proxy tier our fleet runs behind

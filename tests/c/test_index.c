@@ -243,7 +243,7 @@ static int write_batch(stress *st, uint32_t first, uint32_t n, int64_t version, 
         make_doc(&bufs[k], &docs[k], first + k, key, version);
     }
     uint32_t added = 0;
-    int rc = ps_seg_add_batch(st->seg, docs, n, threaded, NULL, &added, err, sizeof(err));
+    int rc = ps_seg_add_batch(st->seg, docs, n, threaded, NULL, NULL, &added, err, sizeof(err));
     free(bufs);
     free(docs);
     CHECK(rc == PS_OK, "add_batch: %s", err);
@@ -254,7 +254,7 @@ static int write_batch(stress *st, uint32_t first, uint32_t n, int64_t version, 
 static int test_stress(void) {
     char err[200];
     stress st = {0};
-    st.seg = ps_seg_new(3, 1u << 22, 1.2, 0.75, err, sizeof(err));
+    st.seg = ps_seg_new(3, 1u << 22, 1.2, 0.75, 0, err, sizeof(err));
     CHECK(st.seg != NULL, "%s", err);
     atomic_store(&st.phase, 1);
     pthread_t readers[4];
@@ -286,7 +286,7 @@ static int test_stress(void) {
         char key[32];
         snprintf(key, sizeof(key), "key%u", first + 250);
         int deleted;
-        CHECK(ps_seg_delete(st.seg, key, (uint32_t)strlen(key), true, version, &deleted, err,
+        CHECK(ps_seg_delete(st.seg, key, (uint32_t)strlen(key), true, version, NULL, &deleted, err,
                             sizeof(err)) == PS_OK, "%s", err);
         version++;
     }

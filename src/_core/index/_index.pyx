@@ -25,6 +25,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
 
@@ -71,13 +72,23 @@ cdef extern from "segment.h" nogil:
         uint64_t bytes_postings, bytes_dictionary, bytes_forward, bytes_arena, bytes_total
         uint64_t input_bytes, generation, retired_pending, reclaimed
 
+    ctypedef struct ps_older_hit:
+        pass
+    ctypedef void (*ps_older_fn)(void *arg, const char *key, uint32_t len, uint64_t hash,
+                                 ps_older_hit *out)
+    ctypedef struct ps_older:
+        ps_older_fn fn
+        void *arg
+
     ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
-                           char *err, size_t errlen)
+                           uint64_t base, char *err, size_t errlen)
     void ps_seg_free(ps_segment *s)
     int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bint threaded,
-                         int64_t *ids, uint32_t *added, char *err, size_t errlen)
+                         const ps_older *older, int64_t *ids, uint32_t *added, char *err,
+                         size_t errlen)
     int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bint has_version,
-                      int64_t version, int *deleted, char *err, size_t errlen)
+                      int64_t version, const ps_older *older, int *deleted, char *err,
+                      size_t errlen)
     int64_t ps_seg_get(ps_segment *s, const char *key, uint32_t key_len)
     void ps_seg_seal(ps_segment *s)
     uint32_t ps_seg_committed(ps_segment *s)
@@ -85,6 +96,44 @@ cdef extern from "segment.h" nogil:
     double ps_seg_score(const ps_segment *s, uint32_t doc)
     void ps_seg_stats_get(ps_segment *s, ps_seg_stats *out)
     uint32_t ps_seg_live(ps_segment *s)
+    uint64_t ps_seg_snap(const ps_segment *s, uint32_t w)
+
+
+cdef extern from "segfile.h" nogil:
+    ctypedef struct ps_fseg:
+        uint32_t ndocs, ntombs
+        uint64_t nterms, postings, total_dl
+        size_t size
+        const double *score
+        const int64_t *version
+        uint32_t max_store_raw
+        uint32_t deleted_count
+
+    ctypedef struct ps_src:
+        ps_segment *rt
+        ps_fseg *f
+
+    ctypedef struct ps_src_list:
+        const ps_src *src
+        uint32_t n
+
+    ctypedef struct ps_sf_write_stats:
+        uint64_t docs, dropped, tombs, terms, postings, bytes
+
+    void ps_src_older_lookup(void *arg, const char *key, uint32_t len, uint64_t hash,
+                             ps_older_hit *out)
+    int ps_src_get(const ps_src *src, uint32_t n, const char *key, uint32_t len, uint64_t snap,
+                   uint32_t *which, uint32_t *doc)
+    int ps_sf_write(const char *path, const ps_src *inp, uint32_t n, uint64_t snap,
+                    uint32_t **remap, ps_sf_write_stats *st, char *err, size_t errlen)
+    ps_fseg *ps_fseg_open(const char *path, char *err, size_t errlen)
+    void ps_fseg_close(ps_fseg *f)
+    uint32_t ps_sf_input_docs(const ps_src *inp)
+    const char *ps_fseg_key(const ps_fseg *f, uint32_t ref, uint32_t *len)
+    int64_t ps_fseg_blob(const ps_fseg *f, uint32_t doc, char *buf, const char **blob)
+    uint64_t ps_sf_shadow(ps_fseg *const *segs, uint32_t n)
+    uint64_t ps_sf_carry_deletes(const ps_src *inp, uint32_t n, uint32_t *const *remap,
+                                 ps_fseg *out)
 
 
 cdef extern from *:
@@ -115,6 +164,7 @@ cdef extern from "query.h" nogil:
         uint32_t len
 
     ctypedef struct ps_hit:
+        uint32_t src
         uint32_t doc
         double score
 
@@ -126,6 +176,9 @@ cdef extern from "query.h" nogil:
     int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count)
     int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
                     uint32_t *nout)
+    int ps_q_count_view(const ps_src *src, uint32_t n, const ps_qnode *q, uint64_t *count)
+    int ps_q_search_view(const ps_src *src, uint32_t n, const ps_qnode *q, uint32_t k,
+                         int order, ps_hit *out, uint32_t *nout)
 
 
 Hit = namedtuple("Hit", ["key", "version", "score", "blob", "doc_id"])
@@ -140,7 +193,14 @@ class SegmentSealed(RuntimeError):
     """A write to a sealed segment."""
 
 
+class SegmentFileError(Exception):
+    """A segment file that cannot be used (missing, truncated, damaged, or
+    written by a newer format), or one that could not be written."""
+
+
 DEF ERRLEN = 256
+
+cdef class _Sources  # below: segments as a C array
 
 cdef dict _ORDERS = {"score": PS_ORDER_SCORE, "bm25": PS_ORDER_BM25, "recent": PS_ORDER_RECENT}
 cdef dict _KINDS = {"term": PS_Q_TERM, "and": PS_Q_AND, "or": PS_Q_OR,
@@ -266,16 +326,21 @@ cdef class RealtimeSegment:
     cdef ps_segment *seg
     cdef readonly uint32_t writer_threads
     cdef readonly uint32_t max_docs
+    cdef readonly uint64_t base
 
     def __cinit__(self, int writer_threads=1, long long max_docs=1 << 24,
-                  double k1=1.2, double b=0.75):
+                  double k1=1.2, double b=0.75, unsigned long long base=0):
         cdef char err[ERRLEN]
         err[0] = 0
         if writer_threads < 1 or writer_threads > 64:
             raise ValueError(f"writer_threads must be 1..64 (got {writer_threads})")
         if max_docs < 1 or max_docs > (1 << 31):
             raise ValueError(f"max_docs must be 1..{1 << 31} (got {max_docs})")
-        self.seg = ps_seg_new(<uint32_t>writer_threads, <uint32_t>max_docs, k1, b, err, ERRLEN)
+        if base > (1 << 62):
+            raise ValueError(f"base must be 0..{1 << 62} (got {base})")
+        self.seg = ps_seg_new(<uint32_t>writer_threads, <uint32_t>max_docs, k1, b, base,
+                              err, ERRLEN)
+        self.base = base
         if self.seg == NULL:
             raise ValueError(err.decode("utf-8", "replace"))
         self.writer_threads = writer_threads
@@ -287,7 +352,8 @@ cdef class RealtimeSegment:
                 ps_seg_free(self.seg)
             self.seg = NULL
 
-    cdef int _index(self, list docs, bint threaded, int64_t *ids, uint32_t *added) except -1:
+    cdef int _index(self, list docs, bint threaded, int64_t *ids, uint32_t *added,
+                    object older=None) except -1:
         """docs: list of 6-tuples, already type-checked by the callers'
         unpacking below. Builds ps_doc_in[] and runs the C writer."""
         cdef Py_ssize_t n = len(docs), total_terms = 0, i, j, ln
@@ -297,10 +363,21 @@ cdef class RealtimeSegment:
         cdef char err[ERRLEN]
         cdef int rc
         cdef Py_ssize_t at = 0
+        cdef _Sources olds = None
+        cdef ps_src_list lst
+        cdef ps_older ol
+        cdef const ps_older *olp = NULL
         err[0] = 0
         if n == 0:
             added[0] = 0
             return 0
+        if older:
+            olds = _Sources(older)
+            lst.src = olds.src
+            lst.n = olds.n
+            ol.fn = ps_src_older_lookup
+            ol.arg = &lst
+            olp = &ol
         if n > 0xFFFFFFFF:
             raise ValueError("batch too large")
         keep = []  # terms tuples, so their items outlive the C call
@@ -347,7 +424,7 @@ cdef class RealtimeSegment:
                     tl[at] = <uint32_t>ln
                     at += 1
             with nogil:
-                rc = ps_seg_add_batch(self.seg, ins, <uint32_t>n, threaded, ids, added,
+                rc = ps_seg_add_batch(self.seg, ins, <uint32_t>n, threaded, olp, ids, added,
                                       err, ERRLEN)
             if rc != PS_OK:
                 _raise(rc, err)
@@ -364,8 +441,12 @@ cdef class RealtimeSegment:
         self._index([(key, version, text, terms, score, blob)], False, &doc_id, &added)
         return doc_id
 
-    def add_batch(self, docs):
-        """Index many documents with every writer thread; returns how many were added."""
+    def add_batch(self, docs, older=None):
+        """Index many documents with every writer thread; returns how many were added.
+
+        older: the leaf's older segments (RealtimeSegment or SegmentFile),
+        newest first: their versions count in the stale checks and their
+        documents are deleted by updates."""
         cdef uint32_t added = 0
         batch = []
         for i, d in enumerate(docs):
@@ -373,11 +454,16 @@ cdef class RealtimeSegment:
                 raise ValueError(f"document {i}: expected a tuple "
                                  f"(key, version, text, terms, score, blob)")
             batch.append(d)
-        self._index(batch, True, NULL, &added)
+        self._index(batch, True, NULL, &added, older)
         return added
 
-    def delete(self, key, version=None):
-        """Delete the key's live document (versioned: only if not newer). True if deleted."""
+    def delete(self, key, version=None, older=None):
+        """Delete the key's live document (versioned: only if not newer). True if deleted.
+        older: as for add_batch."""
+        cdef _Sources olds = None
+        cdef ps_src_list lst
+        cdef ps_older ol
+        cdef const ps_older *olp = NULL
         cdef Py_ssize_t n
         cdef const char *p = _buf(key, &n, "key")
         cdef int deleted = 0, rc
@@ -387,8 +473,16 @@ cdef class RealtimeSegment:
         err[0] = 0
         if n < 1 or n > PS_KEY_MAX:
             raise ValueError(f"key must be 1..{PS_KEY_MAX} bytes (got {n})")
+        if older:
+            olds = _Sources(older)
+            lst.src = olds.src
+            lst.n = olds.n
+            ol.fn = ps_src_older_lookup
+            ol.arg = &lst
+            olp = &ol
         with nogil:
-            rc = ps_seg_delete(self.seg, p, <uint32_t>n, has_version, v, &deleted, err, ERRLEN)
+            rc = ps_seg_delete(self.seg, p, <uint32_t>n, has_version, v, olp, &deleted, err,
+                               ERRLEN)
         if rc != PS_OK:
             _raise(rc, err)
         return bool(deleted)
@@ -467,6 +561,11 @@ cdef class RealtimeSegment:
     def __len__(self):
         return ps_seg_live(self.seg)
 
+    @property
+    def seq_end(self):
+        """base + committed documents: the base of the segment that follows."""
+        return ps_seg_snap(self.seg, ps_seg_committed(self.seg))
+
     def stats(self):
         """Counters and memory; see the .pyi for every key."""
         cdef ps_seg_stats st
@@ -498,3 +597,258 @@ cdef class RealtimeSegment:
         d["bytes_per_doc"] = (st.bytes_total / st.docs_committed) if st.docs_committed else 0.0
         return d
 
+
+
+cdef class SegmentFile:
+    """An immutable segment file, mapped; see pinstack/_core/_index.pyi."""
+
+    cdef ps_fseg *f
+    cdef readonly str path
+
+    def __cinit__(self, path):
+        cdef char err[ERRLEN]
+        err[0] = 0
+        self.path = str(path)
+        bpath = self.path.encode()
+        cdef const char *p = bpath
+        with nogil:
+            self.f = ps_fseg_open(p, err, ERRLEN)
+        if self.f == NULL:
+            raise SegmentFileError(err.decode("utf-8", "replace"))
+
+    def __dealloc__(self):
+        if self.f != NULL:
+            ps_fseg_close(self.f)
+            self.f = NULL
+
+    cdef object _hit(self, uint32_t doc, double score):
+        cdef uint32_t kl
+        cdef const char *k = ps_fseg_key(self.f, doc, &kl)
+        cdef const char *blob = NULL
+        cdef int64_t bl
+        buf = PyBytes_FromStringAndSize(NULL, self.f.max_store_raw + 1)
+        bl = ps_fseg_blob(self.f, doc, PyBytes_AS_STRING(buf), &blob)
+        if bl < 0:
+            raise SegmentFileError(f"segment file {self.path}: the stored fields of document "
+                                   f"{doc} do not decompress")
+        return Hit(PyBytes_FromStringAndSize(k, kl), self.f.version[doc], score,
+                   PyBytes_FromStringAndSize(blob, bl), doc)
+
+    def __len__(self):
+        """Live documents."""
+        return self.f.ndocs - self.f.deleted_count
+
+    @property
+    def docs(self):
+        return self.f.ndocs
+
+    def stats(self):
+        return {
+            "path": self.path,
+            "docs": self.f.ndocs,
+            "docs_deleted": self.f.deleted_count,
+            "docs_live": self.f.ndocs - self.f.deleted_count,
+            "tombstones": self.f.ntombs,
+            "terms": self.f.nterms,
+            "postings": self.f.postings,
+            "bytes": self.f.size,
+        }
+
+    def search(self, query, k=10, str order="score"):
+        return search_view((self,), query, k, order)
+
+    def count(self, query):
+        return count_view((self,), query)
+
+    def get(self, key):
+        return get_view((self,), key)
+
+
+cdef class _Sources:
+    """A tuple of RealtimeSegment/SegmentFile as a C ps_src array; holds
+    references to them for as long as it lives."""
+
+    cdef ps_src *src
+    cdef uint32_t n
+    cdef tuple objs
+
+    def __cinit__(self, sources):
+        self.objs = tuple(sources)
+        if len(self.objs) > 100000:
+            raise ValueError("too many segments")
+        self.n = <uint32_t>len(self.objs)
+        self.src = <ps_src *>PyMem_Malloc((self.n + 1) * sizeof(ps_src))
+        if self.src == NULL:
+            raise MemoryError()
+        memset(self.src, 0, (self.n + 1) * sizeof(ps_src))
+        for i, o in enumerate(self.objs):
+            if isinstance(o, RealtimeSegment):
+                self.src[i].rt = (<RealtimeSegment>o).seg
+            elif isinstance(o, SegmentFile):
+                self.src[i].f = (<SegmentFile>o).f
+            else:
+                raise TypeError(f"segment {i}: expected RealtimeSegment or SegmentFile, "
+                                f"not {type(o).__name__}")
+
+    def __dealloc__(self):
+        PyMem_Free(self.src)
+
+    cdef object hit(self, uint32_t i, uint32_t doc, double score):
+        o = self.objs[i]
+        if isinstance(o, RealtimeSegment):
+            return (<RealtimeSegment>o)._hit(doc, score)
+        return (<SegmentFile>o)._hit(doc, score)
+
+    cdef double static_score(self, uint32_t i, uint32_t doc):
+        o = self.objs[i]
+        if isinstance(o, RealtimeSegment):
+            return ps_seg_score((<RealtimeSegment>o).seg, doc)
+        return (<SegmentFile>o).f.score[doc]
+
+    cdef uint64_t snapshot(self):
+        cdef uint32_t i = self.n
+        while i > 0:
+            i -= 1
+            if self.src[i].rt != NULL:
+                return ps_seg_snap(self.src[i].rt, ps_seg_committed(self.src[i].rt))
+        return 0xFFFFFFFFFFFFFFFF
+
+
+def search_view(sources, query, k=10, str order="score"):
+    """Best k live matches over sources (oldest first), best first."""
+    cdef _Sources v = _Sources(sources)
+    cdef int ord_
+    cdef ps_hit *hits
+    cdef uint32_t nout = 0, i, kk
+    cdef int rc
+    k = PyNumber_Index(k)
+    if order not in _ORDERS:
+        raise ValueError(f"order must be 'score', 'bm25' or 'recent' (got {order!r})")
+    if k < 1 or k > PS_K_MAX:
+        raise ValueError(f"k must be 1..{PS_K_MAX} (got {k})")
+    ord_ = _ORDERS[order]
+    kk = k
+    cdef ps_qnode *node = _compile(query)
+    hits = <ps_hit *>PyMem_Malloc(k * sizeof(ps_hit))
+    if hits == NULL:
+        ps_q_free(node)
+        raise MemoryError()
+    try:
+        with nogil:
+            rc = ps_q_search_view(v.src, v.n, node, kk, ord_, hits, &nout)
+        if rc != 0:
+            raise MemoryError()
+        if ord_ == PS_ORDER_RECENT:
+            return [v.hit(hits[i].src, hits[i].doc, v.static_score(hits[i].src, hits[i].doc))
+                    for i in range(nout)]
+        return [v.hit(hits[i].src, hits[i].doc, hits[i].score) for i in range(nout)]
+    finally:
+        ps_q_free(node)
+        PyMem_Free(hits)
+
+
+def count_view(sources, query):
+    """Live documents matching over sources (oldest first)."""
+    cdef _Sources v = _Sources(sources)
+    cdef uint64_t n = 0
+    cdef int rc
+    cdef ps_qnode *node = _compile(query)
+    with nogil:
+        rc = ps_q_count_view(v.src, v.n, node, &n)
+        ps_q_free(node)
+    if rc != 0:
+        raise MemoryError()
+    return n
+
+
+def get_view(sources, key):
+    """The key's live document over sources (oldest first), or None."""
+    cdef _Sources v = _Sources(sources)
+    cdef Py_ssize_t n
+    cdef const char *p = _buf(key, &n, "key")
+    cdef uint32_t which = 0, doc = 0
+    cdef int rc
+    cdef uint64_t snap
+    if n < 1 or n > PS_KEY_MAX:
+        raise ValueError(f"key must be 1..{PS_KEY_MAX} bytes (got {n})")
+    snap = v.snapshot()
+    with nogil:
+        rc = ps_src_get(v.src, v.n, p, <uint32_t>n, snap, &which, &doc)
+    if rc != 0:
+        return None
+    return v.hit(which, doc, v.static_score(which, doc))
+
+
+def view_snapshot(sources):
+    """The snapshot a query over sources (oldest first) would take now."""
+    return _Sources(sources).snapshot()
+
+
+cdef class Remap:
+    """Where each input document of a write_segment went; carries deletes
+    that landed on the inputs after the write onto the new file."""
+
+    cdef uint32_t **maps
+    cdef _Sources inputs
+
+    def __dealloc__(self):
+        if self.maps != NULL and self.inputs is not None:
+            for i in range(self.inputs.n):
+                free(self.maps[i])
+        free(self.maps)
+
+    def carry(self, SegmentFile out):
+        """Copy the inputs' deletion stamps to `out` (the file written from
+        them). Call from the leaf's writing thread. Returns how many."""
+        cdef uint64_t n
+        with nogil:
+            n = ps_sf_carry_deletes(self.inputs.src, self.inputs.n, self.maps, out.f)
+        return n
+
+
+def write_segment(path, inputs, unsigned long long snapshot):
+    """Write inputs (sealed RealtimeSegments and SegmentFiles, oldest first)
+    as one segment file at path: the documents live at `snapshot`, terms
+    merged, tombstones kept. Returns (stats, Remap). GIL released."""
+    cdef _Sources v = _Sources(inputs)
+    cdef Remap r = Remap()
+    cdef ps_sf_write_stats st
+    cdef char err[ERRLEN]
+    cdef int rc
+    cdef uint64_t snap = snapshot
+    err[0] = 0
+    for i, o in enumerate(v.objs):
+        if isinstance(o, RealtimeSegment) and not o.sealed:
+            raise ValueError(f"input {i}: a realtime segment must be sealed before it is written")
+    bpath = str(path).encode()
+    cdef const char *p = bpath
+    r.inputs = v
+    r.maps = <uint32_t **>calloc(v.n + 1, sizeof(uint32_t *))
+    if r.maps == NULL:
+        raise MemoryError()
+    with nogil:
+        rc = ps_sf_write(p, v.src, v.n, snap, r.maps, &st, err, ERRLEN)
+    if rc != 0:
+        raise SegmentFileError(err.decode("utf-8", "replace"))
+    return ({"docs": st.docs, "dropped": st.dropped, "tombstones": st.tombs,
+             "terms": st.terms, "postings": st.postings, "bytes": st.bytes}, r)
+
+
+def shadow(files):
+    """After a restart: newer files' keys delete older files' documents of
+    the same keys. files: SegmentFiles, oldest first. Returns how many."""
+    cdef _Sources v = _Sources(files)
+    cdef ps_fseg **fs = <ps_fseg **>PyMem_Malloc((v.n + 1) * sizeof(ps_fseg *))
+    cdef uint64_t n
+    if fs == NULL:
+        raise MemoryError()
+    try:
+        for i in range(v.n):
+            if v.src[i].f == NULL:
+                raise TypeError("shadow takes SegmentFiles only")
+            fs[i] = v.src[i].f
+        with nogil:
+            n = ps_sf_shadow(fs, v.n)
+        return n
+    finally:
+        PyMem_Free(fs)

@@ -139,7 +139,72 @@ static inline uint32_t iter_settle(ps_post_iter *it) {
     return it->doc;
 }
 
+/* ---- file postings ---------------------------------------------------- */
+
+/* Value i of a little-endian bit-packed array of `bits`-bit values. The
+ * file pads the postings with 8 bytes so that the 8-byte read never runs
+ * off the mapping. */
+static inline uint32_t unpack(const uint8_t *p, uint32_t i, uint32_t bits) {
+    uint64_t pos = (uint64_t)i * bits;
+    uint64_t w;
+    memcpy(&w, p + pos / 8, sizeof(w));
+    return (uint32_t)((w >> (pos % 8)) & ((1ull << bits) - 1));
+}
+
+/* Decode block b into the iterator's buffer and stand on its first entry. */
+static void fiter_enter(ps_post_iter *it, uint32_t b) {
+    const uint8_t *p = it->fdata + (b > 0 ? it->fskip[b].off : 0);
+    uint32_t n = it->fdf - b * PS_POST_BLOCK;
+    if (n > PS_POST_BLOCK)
+        n = PS_POST_BLOCK;
+    uint32_t dbits = p[0], tbits = p[1];
+    p += 2;
+    uint32_t prev = b > 0 ? it->fskip[b - 1].last_doc : UINT32_MAX;  /* + 1 wraps to 0 */
+    if (dbits == 0) {
+        for (uint32_t k = 0; k < n; k++)
+            it->fbuf_docs[k] = prev += 1;
+    } else {
+        for (uint32_t k = 0; k < n; k++)
+            it->fbuf_docs[k] = prev += 1 + unpack(p, k, dbits);
+    }
+    p += ((size_t)n * dbits + 7) / 8;
+    if (tbits == 0) {
+        for (uint32_t k = 0; k < n; k++)
+            it->fbuf_tfs[k] = 1;
+    } else {
+        for (uint32_t k = 0; k < n; k++)
+            it->fbuf_tfs[k] = (uint16_t)(1 + unpack(p, k, tbits));
+    }
+    it->b = b;
+    it->off = 0;
+    it->i = b * PS_POST_BLOCK;
+    it->bucket_n = n;
+    it->docs = it->fbuf_docs;
+    it->tfs = it->fbuf_tfs;
+}
+
+void ps_post_iter_open_file(ps_post_iter *it, const uint8_t *data, const ps_sf_skip *skip,
+                            uint32_t df) {
+    it->dir = NULL;
+    it->fdata = data;
+    it->fskip = skip;
+    it->fdf = df;
+    it->n = df;
+    it->nbuckets = (df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
+    it->limit = PS_DOC_END;
+    if (df == 0) {
+        it->doc = PS_DOC_END;
+        it->i = 0;
+        it->bucket_n = 0;
+        return;
+    }
+    fiter_enter(it, 0);
+    it->doc = it->docs[0];
+}
+
 void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit) {
+    it->fdata = NULL;
+    it->fskip = NULL;
     it->n = atomic_load_explicit(&((ps_posting *)p)->size, memory_order_acquire);
     it->dir = atomic_load_explicit(&((ps_posting *)p)->dir, memory_order_acquire);
     it->nbuckets = ps_post_nbuckets(it->n);
@@ -155,7 +220,10 @@ void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit) {
 
 uint32_t ps_post_iter_next_bucket(ps_post_iter *it) {
     if (it->b + 1 < it->nbuckets) {
-        iter_enter_bucket(it, it->b + 1, 0);
+        if (it->fdata != NULL)
+            fiter_enter(it, it->b + 1);
+        else
+            iter_enter_bucket(it, it->b + 1, 0);
     } else {
         it->doc = PS_DOC_END;
         return PS_DOC_END;
@@ -184,7 +252,23 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
     }
     uint32_t b = it->b;
     uint32_t from = it->off;
-    if (it->docs[it->bucket_n - 1] < target) {
+    if (it->docs[it->bucket_n - 1] < target && it->fdata != NULL) {
+        /* Leap: the first block whose last doc is >= target. */
+        uint32_t lo = b + 1, hi = it->nbuckets;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (it->fskip[mid].last_doc < target)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo >= it->nbuckets) {
+            it->doc = PS_DOC_END;
+            return PS_DOC_END;
+        }
+        fiter_enter(it, lo);
+        from = 0;
+    } else if (it->docs[it->bucket_n - 1] < target) {
         /* Leap: the last bucket whose first doc is <= target. */
         uint32_t lo = b + 1, hi = it->nbuckets;
         if (lo >= hi) {
@@ -215,12 +299,7 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
     if (k == it->bucket_n) {
         /* Everything in this bucket is below target: the next bucket's
          * first doc is above it (that is how the bucket was chosen). */
-        if (it->b + 1 >= it->nbuckets) {
-            it->doc = PS_DOC_END;
-            return PS_DOC_END;
-        }
-        iter_enter_bucket(it, it->b + 1, 0);
-        return iter_settle(it);
+        return ps_post_iter_next_bucket(it);
     }
     it->off = k;
     it->i = bucket_start(it->b) + k;
@@ -228,8 +307,8 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
 }
 
 uint32_t ps_post_iter_count(const ps_post_iter *it) {
-    if (it->n == 0)
-        return 0;
+    if (it->n == 0 || it->fdata != NULL)
+        return it->n;  /* a file list is all below its segment's limit */
     uint32_t b, off;
     ps_post_locate(it->n - 1, &b, &off);
     if (it->dir[b].docs[off] < it->limit)
@@ -268,6 +347,25 @@ int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
                         uint32_t *max_tf, uint32_t *min_dl) {
     if (it->doc == PS_DOC_END)
         return 1;
+    if (it->fdata != NULL) {
+        if (it->fskip == NULL)
+            return 0;
+        for (uint32_t b = it->b; b < it->nbuckets; b++) {
+            const ps_block_meta *m = &it->fskip[b].meta;
+            double sc = bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed));
+            uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
+            uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
+            if (sc > *max_score)
+                *max_score = sc;
+            if (tf > *max_tf)
+                *max_tf = tf;
+            if (dl < *min_dl)
+                *min_dl = dl;
+            if (it->fskip[b].last_doc >= end)
+                break;
+        }
+        return 1;
+    }
     uint32_t b = it->b, blk = it->off / PS_POST_BLOCK;
     for (;;) {
         const uint32_t *docs = it->dir[b].docs;

@@ -38,6 +38,16 @@
  *   Readers must be inside a generation read section (ps_gen_enter) from
  *   loading `dir` until they stop using it.
  *
+ * FILE POSTINGS
+ *   The same iterator also walks a term's postings in an immutable segment
+ *   file (segfile.h): blocks of up to 128 entries, doc gaps and tf - 1
+ *   bit-packed, with one skip entry per block ({block maxima, last doc id,
+ *   offset}) when there is more than one block. A block is decoded into
+ *   the iterator's own buffer and then walked as a bucket, so next() and
+ *   the short advance() are the same inline code for both kinds; only
+ *   entering the next bucket/block and leaping differ. The file is
+ *   read-only: no ordering rules apply.
+ *
  * Threads: ps_post_append: the single writer of this list (the term-shard
  * writer thread, segment.c). Iterators: any thread.
  */
@@ -68,6 +78,14 @@ typedef struct ps_skip {
     uint32_t first_doc;
     uint32_t *docs;  /* the bucket: docs[cap], then uint16_t tfs[cap] */
 } ps_skip;
+
+/* One block of a file posting list: its maxima (as in a realtime
+ * bucket), its last doc id and its offset from the list's first block. */
+typedef struct ps_sf_skip {
+    ps_block_meta meta;
+    uint32_t last_doc;
+    uint32_t off;
+} ps_sf_skip;
 
 typedef struct ps_posting {
     _Atomic uint32_t size;      /* committed entries */
@@ -140,9 +158,18 @@ typedef struct ps_post_iter {
     const uint32_t *docs;
     const uint16_t *tfs;
     uint32_t doc;        /* current doc id, PS_DOC_END when done */
+    /* file postings only (fdata == NULL: a realtime list) */
+    const uint8_t *fdata;      /* the first block */
+    const ps_sf_skip *fskip;   /* per block; NULL when there is one block */
+    uint32_t fdf;              /* entries */
+    uint32_t fbuf_docs[PS_POST_BLOCK];
+    uint16_t fbuf_tfs[PS_POST_BLOCK];
 } ps_post_iter;
 
 void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit);
+/* Open over a file posting list of df entries (segfile.h). */
+void ps_post_iter_open_file(ps_post_iter *it, const uint8_t *data, const ps_sf_skip *skip,
+                            uint32_t df);
 /* Step into bucket b+1 (the current one is used up). */
 uint32_t ps_post_iter_next_bucket(ps_post_iter *it);
 static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
@@ -158,6 +185,8 @@ static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
 }
 /* Block maxima of the iterator's current block, or NULL (small bucket). */
 static inline const ps_block_meta *ps_post_iter_block(const ps_post_iter *it) {
+    if (it->fdata != NULL)
+        return it->fskip != NULL ? &it->fskip[it->b].meta : NULL;
     const ps_block_meta *m = ps_bucket_meta(it->docs, it->b);
     return m != NULL ? &m[it->off / PS_POST_BLOCK] : NULL;
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "common/hash.h"
+#include "segfile.h"
 
 /* ---- trees ---------------------------------------------------------------- */
 
@@ -459,8 +460,12 @@ typedef struct qit {
 #define NORM_TABLE 256
 
 typedef struct qexec {
-    ps_segment *s;
-    uint32_t limit;     /* committed watermark of this query */
+    ps_segment *s;      /* the source being searched: a realtime segment, */
+    const ps_fseg *f;   /* or a segment file */
+    uint32_t limit;     /* its documents in this query's snapshot */
+    uint64_t snap;      /* the snapshot (segment.h): deleted_at <= snap is deleted */
+    const double *idfs; /* per TERM node (preorder), from the whole view */
+    uint32_t term_seq;  /* it_build's preorder TERM counter */
     double k1, b, avgdl;
     bool scoring;       /* BM25 wanted: OR windows accumulate scores */
     int order;          /* PS_ORDER_* of a search; -1 for count */
@@ -490,8 +495,21 @@ static inline double dl_norm(const qexec *ex, uint32_t dl) {
     return ex->k1 * (1.0 - ex->b + ex->b * dl / ex->avgdl);
 }
 
+static inline uint32_t doc_dl(const qexec *ex, uint32_t doc) {
+    return ex->f != NULL ? ex->f->dl[doc] : ps_seg_dl(ex->s, doc);
+}
+
+static inline double doc_score(const qexec *ex, uint32_t doc) {
+    return ex->f != NULL ? ex->f->score[doc] : ps_seg_score(ex->s, doc);
+}
+
+static inline bool doc_deleted(const qexec *ex, uint32_t doc) {
+    return ex->f != NULL ? ps_fseg_is_deleted(ex->f, doc, ex->snap)
+                         : ps_seg_is_deleted(ex->s, doc, ex->snap);
+}
+
 static inline double doc_norm(const qexec *ex, uint32_t doc) {
-    return dl_norm(ex, ps_seg_dl(ex->s, doc));
+    return dl_norm(ex, doc_dl(ex, doc));
 }
 
 /* One term's BM25 contribution. */
@@ -806,6 +824,22 @@ static int win_open(qit *it) {
     return 0;
 }
 
+/* Open the TERM node's postings in a source (snapshot cut at limit);
+ * false when the term is not there. Realtime: inside a generation read
+ * section. */
+static bool source_postings(ps_segment *s, const ps_fseg *f, const ps_qnode *q, uint32_t limit,
+                            ps_post_iter *it) {
+    if (f != NULL)
+        return ps_fseg_postings(f, q->term, q->len, it) == 0;
+    uint64_t h = ps_hash64(q->term, q->len);
+    ps_shard *sh = &s->shards[ps_seg_shard_of(s, h)];
+    ps_term *t = ps_dict_find(&sh->dict, q->term, q->len, h);
+    if (t == NULL)
+        return false;
+    ps_post_iter_open(it, &t->post, limit);
+    return true;
+}
+
 /* Compile q into an iterator positioned on its first match. */
 static qit *it_build(qexec *ex, const ps_qnode *q) {
     qit *it = calloc(1, sizeof(*it));
@@ -831,19 +865,14 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
     }
     switch (q->kind) {
     case PS_Q_TERM: {
-        uint64_t h = ps_hash64(q->term, q->len);
-        ps_shard *sh = &ex->s->shards[ps_seg_shard_of(ex->s, h)];
-        ps_term *t = ps_dict_find(&sh->dict, q->term, q->len, h);
-        if (t == NULL) {
+        it->idf = ex->idfs[ex->term_seq++];
+        if (!source_postings(ex->s, ex->f, q, ex->limit, &it->post)) {
             it->kind = IT_EMPTY;
             it->doc = PS_DOC_END;
             break;
         }
-        ps_post_iter_open(&it->post, &t->post, ex->limit);
         it->doc = it->post.doc;
         it->cost = it->post.n;
-        double df = it->post.n, n = ex->limit;
-        it->idf = log(1.0 + (n - df + 0.5) / (df + 0.5));
         break;
     }
     case PS_Q_ALL:
@@ -909,36 +938,152 @@ static double it_score(const qit *it, uint32_t doc, double norm) {
     }
 }
 
-static qit *exec_open(qexec *ex, ps_segment *s, const ps_qnode *q, bool scoring) {
-    ex->s = s;
+/*
+ * A view: the sources one query runs over, oldest first, and what they
+ * share. The snapshot is taken once, before anything else: the newest
+ * realtime source's committed watermark (acquire) gives snap = base + W;
+ * older realtime sources are sealed (their counts final). BM25's
+ * statistics are the view's: N and avgdl over every source's documents in
+ * the snapshot, df summed over the sources, so that scores from different
+ * segments compare.
+ */
+typedef struct view {
+    const ps_src *src;
+    uint32_t n;
+    uint32_t *limit;     /* per source */
+    uint64_t *gen;       /* per source: generation section entered */
+    uint64_t snap;
+    double k1, b;        /* BM25: the newest realtime source's, or PS_Q_K1/PS_Q_B */
+    double avgdl;
+    double *idfs;        /* per TERM node, preorder */
+    uint32_t nterms;
+} view;
+
+static uint32_t count_terms(const ps_qnode *q) {
+    if (q->kind == PS_Q_TERM)
+        return 1;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < q->nchild; i++)
+        n += count_terms(q->child[i]);
+    return n;
+}
+
+static void collect_terms(const ps_qnode *q, const ps_qnode **out, uint32_t *n) {
+    if (q->kind == PS_Q_TERM) {
+        out[(*n)++] = q;
+        return;
+    }
+    for (uint32_t i = 0; i < q->nchild; i++)
+        collect_terms(q->child[i], out, n);
+}
+
+static void view_close(view *v) {
+    for (uint32_t i = 0; i < v->n; i++)
+        if (v->src[i].rt != NULL && v->gen != NULL)
+            ps_gen_exit(&v->src[i].rt->gen, v->gen[i]);
+    free(v->limit);
+    free(v->gen);
+    free(v->idfs);
+}
+
+static int view_open(view *v, const ps_src *src, uint32_t n, const ps_qnode *q) {
+    memset(v, 0, sizeof(*v));
+    v->src = src;
+    v->n = n;
+    v->limit = calloc(n ? n : 1, sizeof(*v->limit));
+    v->gen = calloc(n ? n : 1, sizeof(*v->gen));
+    const uint32_t nterms = count_terms(q);  /* the parser's trees have no node limit */
+    const ps_qnode **terms = malloc((nterms + 1) * sizeof(*terms));
+    v->idfs = malloc((nterms + 1) * sizeof(*v->idfs));
+    if (v->limit == NULL || v->gen == NULL || terms == NULL || v->idfs == NULL) {
+        free(terms);
+        free(v->limit);
+        free(v->gen);
+        free(v->idfs);
+        return -1;
+    }
+    v->snap = UINT64_MAX;  /* no realtime source: every stamp is in the past */
+    v->k1 = PS_Q_K1;
+    v->b = PS_Q_B;
+    bool have_snap = false;
+    for (uint32_t i = n; i-- > 0;) {
+        if (src[i].rt != NULL) {
+            ps_segment *s = src[i].rt;
+            v->limit[i] = ps_seg_committed(s);
+            if (!have_snap) {
+                v->snap = ps_seg_snap(s, v->limit[i]);
+                v->k1 = s->k1;
+                v->b = s->b;
+                have_snap = true;
+            }
+        } else {
+            v->limit[i] = src[i].f->ndocs;
+        }
+    }
+    uint64_t docs = 0, dl = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        docs += v->limit[i];
+        if (src[i].rt != NULL) {
+            v->gen[i] = ps_gen_enter(&src[i].rt->gen);
+            dl += atomic_load_explicit(&src[i].rt->dl_committed, memory_order_relaxed);
+        } else {
+            dl += src[i].f->total_dl;
+        }
+    }
+    v->avgdl = docs > 0 && dl > 0 ? (double)dl / (double)docs : 1.0;
+    collect_terms(q, terms, &v->nterms);
+    for (uint32_t t = 0; t < v->nterms; t++) {
+        uint64_t df = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            ps_post_iter it;
+            if (source_postings(src[i].rt, src[i].f, terms[t], v->limit[i], &it))
+                df += ps_post_iter_count(&it);
+        }
+        double N = (double)docs, d = (double)df;
+        v->idfs[t] = log(1.0 + (N - d + 0.5) / (d + 0.5));
+    }
+    free(terms);
+    return 0;
+}
+
+/* Compile q for source i of the view. */
+static qit *exec_open(qexec *ex, const view *v, uint32_t i, const ps_qnode *q, bool scoring) {
+    const ps_src *src = &v->src[i];
+    ex->s = src->rt;
+    ex->f = src->f;
     ex->scoring = scoring;
     ex->order = -1;
     ex->root = NULL;
     ex->have_threshold = false;
     ex->threshold = 0.0;
-    ex->limit = ps_seg_committed(s);
-    ex->k1 = s->k1;
-    ex->b = s->b;
-    uint64_t dl = atomic_load_explicit(&s->dl_committed, memory_order_relaxed);
-    ex->avgdl = ex->limit > 0 && dl > 0 ? (double)dl / ex->limit : 1.0;
+    ex->limit = v->limit[i];
+    ex->snap = v->snap;
+    ex->idfs = v->idfs;
+    ex->term_seq = 0;
+    ex->k1 = v->k1;
+    ex->b = v->b;
+    ex->avgdl = v->avgdl;
     ex->k1p1 = ex->k1 + 1.0;
     if (scoring)
-        for (uint32_t i = 0; i < NORM_TABLE; i++)
-            ex->norm[i] = ex->k1 * (1.0 - ex->b + ex->b * i / ex->avgdl);
+        for (uint32_t j = 0; j < NORM_TABLE; j++)
+            ex->norm[j] = ex->k1 * (1.0 - ex->b + ex->b * j / ex->avgdl);
     return it_build(ex, q);
 }
 
-int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count) {
-    uint64_t g = ps_gen_enter(&s->gen);
+static bool source_has_deletes(const ps_src *src) {
+    const _Atomic uint32_t *c = src->rt != NULL ? &src->rt->deleted_count
+                                                : &src->f->deleted_count;
+    return atomic_load_explicit(c, memory_order_relaxed) != 0;
+}
+
+static int count_one(const view *v, uint32_t i, const ps_qnode *q, uint64_t *count) {
     /* Deletes that land while the query runs may or may not be seen; if
-     * there were none when it started, skip the bitmap entirely. */
-    const bool check_deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed) != 0;
+     * there were none when it started, skip the deletion check entirely. */
+    const bool check_deleted = source_has_deletes(&v->src[i]);
     qexec ex;
-    qit *it = exec_open(&ex, s, q, false);
-    if (it == NULL) {
-        ps_gen_exit(&s->gen, g);
+    qit *it = exec_open(&ex, v, i, q, false);
+    if (it == NULL)
         return -1;
-    }
     uint64_t n = 0;
     if (!check_deleted && it->kind == PS_Q_TERM) {
         n = ps_post_iter_count(&it->post);  /* no walk: the snapshot's size */
@@ -957,18 +1102,36 @@ int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count) {
             n++;
     } else {
         for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
-            n += !ps_seg_is_deleted(s, d, ex.limit);
+            n += !doc_deleted(&ex, d);
     }
     it_free(it);
-    ps_gen_exit(&s->gen, g);
-    *count = n;
+    *count += n;
     return 0;
+}
+
+int ps_q_count_view(const ps_src *src, uint32_t n, const ps_qnode *q, uint64_t *count) {
+    view v;
+    *count = 0;
+    if (view_open(&v, src, n, q) != 0)
+        return -1;
+    int rc = 0;
+    for (uint32_t i = 0; i < n && rc == 0; i++)
+        rc = count_one(&v, i, q, count);
+    view_close(&v);
+    return rc;
+}
+
+int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count) {
+    ps_src src = {.rt = s};
+    return ps_q_count_view(&src, 1, q, count);
 }
 
 /* ---- top-K: a min-heap, the worst kept hit at the root ------------------- */
 
 static inline int better(const ps_hit *a, const ps_hit *b) {
-    return a->score > b->score || (a->score == b->score && a->doc > b->doc);
+    if (a->score != b->score)
+        return a->score > b->score;
+    return a->src != b->src ? a->src > b->src : a->doc > b->doc;
 }
 
 static void sift_down(ps_hit *h, uint32_t n, uint32_t i) {
@@ -1005,18 +1168,20 @@ static int cmp_best_first(const void *a, const void *b) {
     return better(x, y) ? -1 : better(y, x) ? 1 : 0;
 }
 
-int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
-                uint32_t *nout) {
-    *nout = 0;
-    uint64_t g = ps_gen_enter(&s->gen);
+/* Search source i of the view into the shared heap out[0..*n). */
+static int search_one(const view *v, uint32_t i, const ps_qnode *q, uint32_t k, int order,
+                      uint64_t doc_base, ps_hit *out, uint32_t *np) {
     qexec ex;
-    qit *it = exec_open(&ex, s, q, order == PS_ORDER_BM25);
-    if (it == NULL) {
-        ps_gen_exit(&s->gen, g);
+    qit *it = exec_open(&ex, v, i, q, order == PS_ORDER_BM25);
+    if (it == NULL)
         return -1;
-    }
+    uint32_t n = *np;
     ex.order = order;
     ex.root = it;
+    if (n == k) {  /* the heap is full from older sources: prune from the start */
+        ex.have_threshold = true;
+        ex.threshold = out[0].score;
+    }
     const bool term_root = it->kind == PS_Q_TERM;
     const bool term_bm25 = order == PS_ORDER_BM25 && term_root;
     /* Block-max pruning for one-term queries: once the heap is full, a
@@ -1024,8 +1189,7 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
      * skipped whole (checked once per block). */
     const bool prune = term_root && order != PS_ORDER_RECENT;
     uint32_t checked_block = UINT32_MAX;
-    const bool check_deleted = atomic_load_explicit(&s->deleted_count, memory_order_relaxed) != 0;
-    uint32_t n = 0;
+    const bool check_deleted = source_has_deletes(&v->src[i]);
     uint32_t d = it->doc;
     while (d != PS_DOC_END) {
         if (prune && n == k) {
@@ -1050,21 +1214,19 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
                 }
             }
         }
-        if (check_deleted && ps_seg_is_deleted(s, d, ex.limit))
+        if (check_deleted && doc_deleted(&ex, d))
             goto next;
-        const ps_docchunk *chunk = s->chunks[d / PS_DOCS_PER_CHUNK];
-        const uint32_t o = d % PS_DOCS_PER_CHUNK;
-        ps_hit cand = {.doc = d};
+        ps_hit cand = {.src = i, .doc = d};
         if (term_bm25)
-            cand.score = bm25(&ex, it->idf, ps_post_iter_tf(&it->post), dl_norm(&ex, chunk->dl[o]));
+            cand.score = bm25(&ex, it->idf, ps_post_iter_tf(&it->post), doc_norm(&ex, d));
         else if (order == PS_ORDER_SCORE)
-            cand.score = chunk->score[o];
+            cand.score = doc_score(&ex, d);
         else if (order == PS_ORDER_RECENT)
-            cand.score = (double)d;
+            cand.score = (double)(doc_base + d);
         else
-            cand.score = it_score(it, d, dl_norm(&ex, chunk->dl[o]));
+            cand.score = it_score(it, d, doc_norm(&ex, d));
         /* No deduplication by key is needed: deletes are versioned by the
-         * watermark (segment.h), so this query sees one version per key. */
+         * snapshot (segment.h), so this query sees one version per key. */
         if (n < k) {
             out[n] = cand;
             sift_up(out, n);
@@ -1081,8 +1243,44 @@ int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit 
         d = it_next(it);
     }
     it_free(it);
-    ps_gen_exit(&s->gen, g);
+    *np = n;
+    return 0;
+}
+
+int ps_q_search_view(const ps_src *src, uint32_t nsrc, const ps_qnode *q, uint32_t k, int order,
+                     ps_hit *out, uint32_t *nout) {
+    *nout = 0;
+    view v;
+    if (view_open(&v, src, nsrc, q) != 0)
+        return -1;
+    uint32_t n = 0;
+    uint64_t doc_base = 0;
+    int rc = 0;
+    /* Newest first: for order=recent (and in general, as recent documents
+     * tend to score) the heap fills with what wins, so the older sources
+     * start pruned. */
+    uint64_t *bases = malloc((nsrc ? nsrc : 1) * sizeof(*bases));
+    if (bases == NULL) {
+        view_close(&v);
+        return -1;
+    }
+    for (uint32_t i = 0; i < nsrc; i++) {
+        bases[i] = doc_base;
+        doc_base += v.limit[i];
+    }
+    for (uint32_t i = nsrc; i-- > 0 && rc == 0;)
+        rc = search_one(&v, i, q, k, order, bases[i], out, &n);
+    free(bases);
+    view_close(&v);
+    if (rc != 0)
+        return -1;
     qsort(out, n, sizeof(*out), cmp_best_first);
     *nout = n;
     return 0;
+}
+
+int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
+                uint32_t *nout) {
+    ps_src src = {.rt = s};
+    return ps_q_search_view(&src, 1, q, k, order, out, nout);
 }

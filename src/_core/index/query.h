@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "segfile.h"
 #include "segment.h"
 
 enum { PS_Q_TERM = 1, PS_Q_AND, PS_Q_OR, PS_Q_ANDNOT, PS_Q_ALL };
@@ -56,9 +57,15 @@ int ps_q_check(const ps_qnode *q, char *err, size_t errlen);
 int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t errlen);
 
 typedef struct ps_hit {
+    uint32_t src;   /* index of the source in the view (0 for one segment) */
     uint32_t doc;
     double score;
 } ps_hit;
+
+/* BM25 parameters of segment files (the realtime segment has its own). */
+#define PS_Q_K1 1.2
+#define PS_Q_B 0.75
+
 
 /* Number of live documents matching q. 0, or -1 when out of memory. */
 int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count);
@@ -66,5 +73,13 @@ int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count);
  * construction: see segment.h). 0, or -1 when out of memory. */
 int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
                 uint32_t *nout);
+
+/* The same over a view: src[0..n), oldest first, the newest realtime
+ * segment (if any) being the one that gives the snapshot. Ties and
+ * order="recent" rank newer sources' documents first; BM25 statistics
+ * are the view's (query.c). */
+int ps_q_count_view(const ps_src *src, uint32_t n, const ps_qnode *q, uint64_t *count);
+int ps_q_search_view(const ps_src *src, uint32_t n, const ps_qnode *q, uint32_t k, int order,
+                     ps_hit *out, uint32_t *nout);
 
 #endif

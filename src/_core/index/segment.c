@@ -80,14 +80,20 @@ void ps_tokenize(const char *text, size_t text_len, char *buf, ps_token_fn fn, v
 
 /* ---- shard threads and commit ------------------------------------------ */
 
-/* key_lock held (the only writer of deleted_at). Doc counts as deleted
- * for queries whose watermark is >= at. */
-static void mark_deleted(ps_segment *s, uint32_t doc, uint32_t at) {
-    _Atomic uint32_t *slot = &s->chunks[doc / PS_DOCS_PER_CHUNK]->deleted_at[doc % PS_DOCS_PER_CHUNK];
+/* Stamp a deletion slot (of this segment, or of an older one through
+ * ps_older_hit) unless already stamped. Doc counts as deleted for queries
+ * whose snapshot is >= at. Callers hold key_lock, and the leaf has one
+ * writing segment at a time, so a slot has one writer. */
+static void stamp_deleted(_Atomic uint64_t *slot, _Atomic uint32_t *count, uint64_t at) {
     if (atomic_load_explicit(slot, memory_order_relaxed) != 0)
         return;
     atomic_store_explicit(slot, at, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->deleted_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(count, 1, memory_order_relaxed);
+}
+
+static void mark_deleted(ps_segment *s, uint32_t doc, uint64_t at) {
+    stamp_deleted(&s->chunks[doc / PS_DOCS_PER_CHUNK]->deleted_at[doc % PS_DOCS_PER_CHUNK],
+                  &s->deleted_count, at);
 }
 
 /* key_lock held. Make docs [from, to) visible, each replacing (deleting)
@@ -99,8 +105,13 @@ static void commit_range(ps_segment *s, uint32_t from, uint32_t to) {
         ps_keyent *e = s->batch_keyent[d - s->batch_base];
         uint32_t old = e->doc;
         e->doc = d;
-        if (old != PS_DOC_NONE)
-            mark_deleted(s, old, d + 1);
+        if (old != PS_DOC_NONE) {
+            mark_deleted(s, old, s->base + d + 1);
+        } else {
+            ps_older_hit *o = &s->batch_older[d - s->batch_base];
+            if (o->slot != NULL)
+                stamp_deleted(o->slot, o->deleted_count, s->base + d + 1);
+        }
     }
     atomic_fetch_add_explicit(&s->dl_committed, dl, memory_order_relaxed);
     atomic_store_explicit(&s->committed, to, memory_order_release);
@@ -201,7 +212,7 @@ static void stop_threads(ps_segment *s) {
 /* ---- construction ------------------------------------------------------ */
 
 ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
-                       char *err, size_t errlen) {
+                       uint64_t base, char *err, size_t errlen) {
     if (nshards < 1 || nshards > PS_MAX_SHARDS) {
         ps_errf(err, errlen, "writer_threads must be 1..%d (got %u)", PS_MAX_SHARDS, nshards);
         return NULL;
@@ -221,6 +232,7 @@ ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
     s->nshards = nshards;
     s->k1 = k1;
     s->b = b;
+    s->base = base;
     ps_gen_init(&s->gen);
     s->nchunks = (max_docs + PS_DOCS_PER_CHUNK - 1) / PS_DOCS_PER_CHUNK;
     s->chunks = calloc(s->nchunks, sizeof(*s->chunks));
@@ -279,6 +291,7 @@ void ps_seg_free(ps_segment *s) {
     free(s->keys);
     ps_arena_free(&s->fwd_arena);
     free(s->batch_keyent);
+    free(s->batch_older);
     free(s->lower);
     free(s->doc_terms);
     free(s->doc_slots);
@@ -324,10 +337,19 @@ static int keymap_grow(ps_segment *s) {
 }
 
 /* The key's entry, created (doc NONE, version INT64_MIN) if absent. */
-static ps_keyent *keymap_get_or_add(ps_segment *s, const char *key, uint32_t len, uint64_t hash) {
+static ps_keyent *keymap_get_or_add(ps_segment *s, const char *key, uint32_t len, uint64_t hash,
+                                    ps_older_hit *older_out) {
     ps_keyent **slot = keymap_slot(s->keys, s->key_mask, key, len, hash);
-    if (*slot != NULL)
-        return *slot;
+    if (*slot != NULL) {
+        /* Known here, but with no document of this segment (deleted, or a
+         * stale add's leftover): an older segment may still hold a live
+         * one for the caller to delete. Its versions are not news. */
+        ps_keyent *e = *slot;
+        if (e->doc == PS_DOC_NONE && s->older != NULL && s->older->fn != NULL) {
+            s->older->fn(s->older->arg, key, len, hash, older_out);
+        }
+        return e;
+    }
     if ((s->key_count + 1) * 2 > s->key_mask + 1) {
         if (keymap_grow(s) != 0)
             return NULL;
@@ -343,8 +365,17 @@ static ps_keyent *keymap_get_or_add(ps_segment *s, const char *key, uint32_t len
     e->doc = PS_DOC_NONE;
     e->version = INT64_MIN;
     e->tomb = INT64_MIN;
+    e->floor = INT64_MIN;
     *slot = e;
     s->key_count++;
+    /* A key new to this segment: what do the older segments know? Their
+     * versions join the stale checks; their live document is returned for
+     * the caller to delete. */
+    if (s->older != NULL && s->older->fn != NULL) {
+        s->older->fn(s->older->arg, key, len, hash, older_out);
+        if (older_out->found)
+            e->floor = older_out->version > older_out->tomb ? older_out->version : older_out->tomb;
+    }
     return e;
 }
 
@@ -383,7 +414,11 @@ static uint32_t count_fresh(ps_segment *s, const ps_doc_in *docs, uint32_t n) {
             newest = seen[j].version;
         } else {
             ps_keyent *e = keymap_find(s, d->key, d->key_len, h);
-            newest = e == NULL ? INT64_MIN : e->version > e->tomb ? e->version : e->tomb;
+            newest = INT64_MIN;
+            if (e != NULL) {
+                newest = e->version > e->tomb ? e->version : e->tomb;
+                newest = newest > e->floor ? newest : e->floor;
+            }
             seen[j].doc = d;
         }
         if (newest > d->version) {
@@ -442,6 +477,10 @@ static int ensure_scratch(ps_segment *s, size_t text_total, uint32_t n) {
         if (p == NULL)
             return -1;
         s->batch_keyent = p;
+        ps_older_hit *o = realloc(s->batch_older, n * sizeof(*o));
+        if (o == NULL)
+            return -1;
+        s->batch_older = o;
         s->batch_cap = n;
     }
     return 0;
@@ -513,13 +552,14 @@ static int shard_push(ps_shard *sh, const ps_work *w) {
  */
 static int add_one(ps_segment *s, const ps_doc_in *in, size_t lower_off, bool threaded) {
     uint64_t khash = ps_hash64(in->key, in->key_len);
+    ps_older_hit older = {.version = INT64_MIN, .tomb = INT64_MIN};
     pthread_mutex_lock(&s->key_lock);
-    ps_keyent *e = keymap_get_or_add(s, in->key, in->key_len, khash);
+    ps_keyent *e = keymap_get_or_add(s, in->key, in->key_len, khash, &older);
     if (e == NULL) {
         pthread_mutex_unlock(&s->key_lock);
         return -1;
     }
-    if (e->version > in->version || e->tomb > in->version) {
+    if (e->version > in->version || e->tomb > in->version || e->floor > in->version) {
         pthread_mutex_unlock(&s->key_lock);
         atomic_fetch_add_explicit(&s->stale_dropped, 1, memory_order_relaxed);
         return 0;
@@ -570,6 +610,7 @@ static int add_one(ps_segment *s, const ps_doc_in *in, size_t lower_off, bool th
     s->chunks[ci]->dl[doc % PS_DOCS_PER_CHUNK] = dl;
 
     s->batch_keyent[doc - s->batch_base] = e;
+    s->batch_older[doc - s->batch_base] = older;
     s->next_doc = doc + 1;
     for (uint32_t t = 0; t < nterms; t++) {
         ps_work *w = &s->doc_terms[t];
@@ -593,7 +634,8 @@ static int add_one(ps_segment *s, const ps_doc_in *in, size_t lower_off, bool th
 }
 
 int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool threaded,
-                     int64_t *ids, uint32_t *added, char *err, size_t errlen) {
+                     const ps_older *older, int64_t *ids, uint32_t *added, char *err,
+                     size_t errlen) {
     *added = 0;
     size_t text_total;
     int rc = validate_docs(docs, n, &text_total, err, errlen);
@@ -619,6 +661,7 @@ int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool thre
     }
     threaded = threaded && s->nshards > 1 && n > 1;
     s->batch_base = s->next_doc;
+    s->older = older;
     uint64_t input = 0;
     size_t lower_off = 0;
     if (threaded) {
@@ -668,13 +711,15 @@ int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool thre
     } else if (threaded) {
         /* Nothing added: no hand-off. */
     }
+    s->older = NULL;  /* its slots are not to be used after this call */
     ps_gen_reclaim(&s->gen);
     pthread_mutex_unlock(&s->write_lock);
     return rc;
 }
 
 int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_version,
-                  int64_t version, int *deleted, char *err, size_t errlen) {
+                  int64_t version, const ps_older *older, int *deleted, char *err,
+                  size_t errlen) {
     *deleted = 0;
     if (key_len < 1 || key_len > PS_KEY_MAX) {
         ps_errf(err, errlen, "key must be 1..%d bytes (got %u)", PS_KEY_MAX, key_len);
@@ -688,19 +733,38 @@ int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_ver
     }
     uint64_t h = ps_hash64(key, key_len);
     int rc = PS_OK;
+    ps_older_hit o = {.version = INT64_MIN, .tomb = INT64_MIN};
+    const uint64_t now = s->base + atomic_load_explicit(&s->committed, memory_order_relaxed);
     pthread_mutex_lock(&s->key_lock);
-    ps_keyent *e = has_version ? keymap_get_or_add(s, key, key_len, h)
+    s->older = older;
+    ps_keyent *e = has_version ? keymap_get_or_add(s, key, key_len, h, &o)
                                : keymap_find(s, key, key_len, h);
     if (e == NULL) {
         if (has_version) {
             rc = PS_ERR_NOMEM;
             ps_errf(err, errlen, "out of memory");
+        } else if (older != NULL && older->fn != NULL) {
+            /* A plain delete of a key this segment has never seen. */
+            older->fn(older->arg, key, key_len, h, &o);
+            if (o.slot != NULL) {
+                stamp_deleted(o.slot, o.deleted_count, now);
+                *deleted = 1;
+            }
         }
-    } else if (!has_version || e->version <= version) {
+    } else if (!has_version ||
+               (e->doc != PS_DOC_NONE ? e->version : o.slot != NULL ? o.version : INT64_MIN) <=
+                   version) {
         if (e->doc != PS_DOC_NONE) {
-            mark_deleted(s, e->doc, atomic_load_explicit(&s->committed, memory_order_relaxed));
+            mark_deleted(s, e->doc, now);
             e->doc = PS_DOC_NONE;
             *deleted = 1;
+        } else {
+            if (!has_version && older != NULL && older->fn != NULL)
+                older->fn(older->arg, key, key_len, h, &o);  /* keymap_find does not */
+            if (o.slot != NULL) {
+                stamp_deleted(o.slot, o.deleted_count, now);
+                *deleted = 1;
+            }
         }
         /* A versioned delete leaves a tombstone of its version; a plain
          * one keeps whatever tombstone there is, and nothing more. */
@@ -708,6 +772,7 @@ int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_ver
         if (has_version && version > e->tomb)
             e->tomb = version;
     }
+    s->older = NULL;
     pthread_mutex_unlock(&s->key_lock);
     pthread_mutex_unlock(&s->write_lock);
     return rc;
@@ -724,6 +789,32 @@ int64_t ps_seg_get(ps_segment *s, const char *key, uint32_t key_len) {
         doc = e->doc;
     pthread_mutex_unlock(&s->key_lock);
     return doc;
+}
+
+void ps_seg_lookup(ps_segment *s, const char *key, uint32_t len, uint64_t hash,
+                   ps_older_hit *out) {
+    memset(out, 0, sizeof(*out));
+    out->version = out->tomb = INT64_MIN;
+    pthread_mutex_lock(&s->key_lock);
+    ps_keyent *e = keymap_find(s, key, len, hash);
+    /* An entry with neither a document nor a tombstone only repeats what
+     * an older segment knows (or is a plain delete's leftover): look on. */
+    if (e != NULL && (e->doc != PS_DOC_NONE || e->tomb != INT64_MIN)) {
+        out->found = 1;
+        /* The older segments' versions are part of what this one knows:
+         * a tombstone here may be older than one it shadows. */
+        out->tomb = e->tomb > e->floor ? e->tomb : e->floor;
+        if (e->doc != PS_DOC_NONE) {
+            out->version = e->version;
+            ps_docchunk *c = s->chunks[e->doc / PS_DOCS_PER_CHUNK];
+            _Atomic uint64_t *slot = &c->deleted_at[e->doc % PS_DOCS_PER_CHUNK];
+            if (atomic_load_explicit(slot, memory_order_relaxed) == 0) {
+                out->slot = slot;
+                out->deleted_count = &s->deleted_count;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->key_lock);
 }
 
 void ps_seg_seal(ps_segment *s) {

@@ -10,8 +10,10 @@
  *   forward index   doc id -> key, version, static score, text length, blob
  *                   (ps_docrec, in chunks of 4096 records that never move);
  *                   keys and blobs in the owner's arena.
- *   deletes         per doc id, the watermark from which it counts as
- *                   deleted (deleted_at; 0: live), set once, never cleared.
+ *   deletes         per doc id, the stamp from which it counts as deleted
+ *                   (deleted_at; 0: live), set once, never cleared. Stamps
+ *                   are global sequence numbers (below), so that a leaf's
+ *                   newer segment can delete a document of an older one.
  *   key map         key -> newest live doc id, its version, and the largest
  *                   version of a versioned delete (a tombstone, which a
  *                   plain delete leaves in place). An add older than either
@@ -27,16 +29,19 @@
  *   read with acquire) that it is done with those documents.
  *
  *   Deletes are versioned by the same watermark, so that a query sees one
- *   consistent moment. A document is deleted for a query whose watermark
- *   is W when its deleted_at is non-zero and <= W. An update is add-new
- *   then delete-old: when new doc n commits, the old one gets
- *   deleted_at = n + 1, stored (relaxed) BEFORE the release store that
- *   makes `committed` n + 1. A query with W <= n sees the old version
- *   only; a query with W > n loaded `committed` with acquire and so sees
- *   deleted_at too: the new version only. A key being updated never
- *   vanishes from results and never shows twice. A plain delete takes
- *   effect at the current watermark (queries already running may or may
- *   not see it).
+ *   consistent moment. The segment's doc n has the global sequence number
+ *   base + n + 1 (`base`: documents of the leaf's earlier segments; 0 for a
+ *   segment on its own), and a query's snapshot is S = base + W for the
+ *   watermark W it loaded. A document is deleted for that query when its
+ *   deleted_at is non-zero and <= S. An update is add-new then delete-old:
+ *   when new doc n commits, the old one (in this segment, or in an older
+ *   segment of the leaf: ps_older_fn) gets deleted_at = base + n + 1,
+ *   stored (relaxed) BEFORE the release store that makes `committed`
+ *   n + 1. A query with W <= n sees the old version only; a query with
+ *   W > n loaded `committed` with acquire and so sees deleted_at too: the
+ *   new version only. A key being updated never vanishes from results and
+ *   never shows twice. A plain delete takes effect at the current
+ *   snapshot (queries already running may or may not see it).
  *
  * THREADS AND LOCKS
  *   owner       the caller of add/add_batch/delete/seal, one at a time
@@ -116,7 +121,7 @@ typedef struct ps_docrec {
 typedef struct ps_docchunk {
     double score[PS_DOCS_PER_CHUNK];
     uint32_t dl[PS_DOCS_PER_CHUNK];  /* text tokens, for BM25 */
-    _Atomic uint32_t deleted_at[PS_DOCS_PER_CHUNK];  /* 0: live */
+    _Atomic uint64_t deleted_at[PS_DOCS_PER_CHUNK];  /* stamp; 0: live */
     ps_docrec rec[PS_DOCS_PER_CHUNK];
 } ps_docchunk;
 
@@ -129,6 +134,30 @@ typedef struct ps_work {
     uint32_t tf;
 } ps_work;
 
+/*
+ * Keys that live in older segments. A leaf's active segment is not alone:
+ * a key it has never seen may have a live document (or a tombstone) in an
+ * older segment. The caller may pass an ps_older_fn that looks the key up
+ * there, newest segment first; the segment calls it (under key_lock, from
+ * the owner thread) the first time it meets a key, to drop stale adds and
+ * to delete the older document when the new one commits (or at once, for
+ * a delete). slot and deleted_count point into the older segment and are
+ * used only during the call that looked them up.
+ */
+typedef struct ps_older_hit {
+    int found;                      /* the key has a document or tombstone there */
+    int64_t version;                /* of the live document; INT64_MIN: none */
+    int64_t tomb;                   /* largest tombstone version; INT64_MIN: none */
+    _Atomic uint64_t *slot;         /* the live document's deletion stamp, or NULL */
+    _Atomic uint32_t *deleted_count;/* its segment's deleted counter */
+} ps_older_hit;
+typedef void (*ps_older_fn)(void *arg, const char *key, uint32_t len, uint64_t hash,
+                            ps_older_hit *out);
+typedef struct ps_older {
+    ps_older_fn fn;
+    void *arg;
+} ps_older;
+
 typedef struct ps_keyent {
     uint64_t hash;
     const char *key;  /* in the owner's arena */
@@ -136,6 +165,8 @@ typedef struct ps_keyent {
     uint32_t doc;     /* live doc id, or PS_DOC_NONE */
     int64_t version;  /* version of the live (or pending) doc; INT64_MIN: none */
     int64_t tomb;     /* largest version of a versioned delete; INT64_MIN: none */
+    int64_t floor;    /* newest version the older segments knew of when the key
+                       * first came here (ps_older_fn); INT64_MIN: none */
 } ps_keyent;
 
 struct ps_segment;
@@ -158,6 +189,7 @@ typedef struct ps_segment {
     uint32_t max_docs;
     uint32_t nshards;
     double k1, b;
+    uint64_t base;                  /* global sequence of doc 0, minus 1 */
     ps_gen gen;
 
     /* commit */
@@ -191,6 +223,8 @@ typedef struct ps_segment {
     /* the batch in flight (written by the owner before hand-off) */
     uint32_t batch_base, batch_end;
     ps_keyent **batch_keyent;       /* key map entry per doc of the batch */
+    ps_older_hit *batch_older;      /* per doc: the older document it replaces */
+    const ps_older *older;          /* this call's lookup into older segments */
     size_t batch_cap;
 
     /* owner scratch for tokenizing one document */
@@ -213,7 +247,7 @@ void ps_errf(char *err, size_t errlen, const char *fmt, ...)
 
 /* Create; NULL with err filled on failure. */
 ps_segment *ps_seg_new(uint32_t nshards, uint32_t max_docs, double k1, double b,
-                       char *err, size_t errlen);
+                       uint64_t base, char *err, size_t errlen);
 void ps_seg_free(ps_segment *s);
 
 /* Index docs[0..n) in order. threaded: hand postings to the shard threads
@@ -222,11 +256,18 @@ void ps_seg_free(ps_segment *s);
  * validated before anything is indexed: on PS_ERR_INVALID/FULL/SEALED
  * nothing changed. Blocks until every added document is committed. */
 int ps_seg_add_batch(ps_segment *s, const ps_doc_in *docs, uint32_t n, bool threaded,
-                     int64_t *ids, uint32_t *added, char *err, size_t errlen);
+                     const ps_older *older, int64_t *ids, uint32_t *added, char *err,
+                     size_t errlen);
 /* Delete by key; has_version: only if the live doc is not newer, leaving a
  * tombstone. *deleted: 1 if a live document was deleted. */
 int ps_seg_delete(ps_segment *s, const char *key, uint32_t key_len, bool has_version,
-                  int64_t version, int *deleted, char *err, size_t errlen);
+                  int64_t version, const ps_older *older, int *deleted, char *err,
+                  size_t errlen);
+/* What this segment knows of a key, as an ps_older_fn would report it
+ * (for the leaf's lookup across segments; sealed segments only need no
+ * lock, but key_lock is taken anyway). */
+void ps_seg_lookup(ps_segment *s, const char *key, uint32_t len, uint64_t hash,
+                   ps_older_hit *out);
 /* The key's live doc id, or -1. */
 int64_t ps_seg_get(ps_segment *s, const char *key, uint32_t key_len);
 /* Freeze; stops the shard threads. */
@@ -245,12 +286,16 @@ static inline double ps_seg_score(const ps_segment *s, uint32_t doc) {
 static inline uint32_t ps_seg_dl(const ps_segment *s, uint32_t doc) {
     return s->chunks[doc / PS_DOCS_PER_CHUNK]->dl[doc % PS_DOCS_PER_CHUNK];
 }
-/* Is doc deleted for a query whose committed watermark is `watermark`? */
-static inline bool ps_seg_is_deleted(const ps_segment *s, uint32_t doc, uint32_t watermark) {
+/* Is doc deleted for a query whose snapshot (global sequence) is snap? */
+static inline bool ps_seg_is_deleted(const ps_segment *s, uint32_t doc, uint64_t snap) {
     ps_docchunk *c = s->chunks[doc / PS_DOCS_PER_CHUNK];
-    uint32_t at = atomic_load_explicit(&c->deleted_at[doc % PS_DOCS_PER_CHUNK],
+    uint64_t at = atomic_load_explicit(&c->deleted_at[doc % PS_DOCS_PER_CHUNK],
                                        memory_order_relaxed);
-    return at != 0 && at <= watermark;
+    return at != 0 && at <= snap;
+}
+/* The snapshot of a query that loaded watermark w. */
+static inline uint64_t ps_seg_snap(const ps_segment *s, uint32_t w) {
+    return s->base + w;
 }
 static inline uint32_t ps_seg_shard_of(const ps_segment *s, uint64_t hash) {
     return (uint32_t)((hash >> 40) % s->nshards);

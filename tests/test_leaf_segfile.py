@@ -1,0 +1,277 @@
+"""Immutable segment files and queries across segments (src/_core/index/
+segfile.c, query.c's views), against the pure-Python model.
+
+A small LSM is driven here by hand, exactly as the leaf's engine drives
+it: an active RealtimeSegment whose adds and deletes see the older
+segments (older=...), rotation (seal, new active with base = seq_end),
+flush (write_segment of a sealed segment, carry the deletes that landed
+meanwhile, swap), compaction (write_segment of several files), and
+restart (reopen the files, shadow). After every step every query, count
+and get over the whole view must equal the model's over one logical
+segment: one live version per key, the newest, in add order.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from leaf_model import ModelSegment
+
+from pinstack._core._index import (
+    RealtimeSegment,
+    SegmentFile,
+    SegmentFileError,
+    count_view,
+    get_view,
+    search_view,
+    shadow,
+    view_snapshot,
+    write_segment,
+)
+
+WORDS = ["cat", "dog", "bird", "fish", "mat", "sat", "red", "blue", "one", "two"]
+QUERIES = [
+    "cat",
+    "dog",
+    "cat dog",
+    "cat OR dog OR bird",
+    "cat -dog",
+    "(red OR blue) -fish",
+    "*",
+    "tag:a",
+    "tag:b OR tag:c",
+    "mat AND tag:a",
+    "zebra",
+    "-cat",
+]
+
+
+class Lsm:
+    """What the engine does, minus threads and the manifest."""
+
+    def __init__(self, root: str, writer_threads: int = 2) -> None:
+        self.root = root
+        self.writer_threads = writer_threads
+        self.files: list[SegmentFile] = []
+        self.sealed: list[RealtimeSegment] = []
+        self.active = RealtimeSegment(writer_threads=writer_threads, base=1)
+        self.seq = 0
+
+    def sources(self) -> list:
+        return [*self.files, *self.sealed, self.active]
+
+    def older(self) -> list:
+        return [*self.files, *self.sealed][::-1]
+
+    def add_batch(self, docs: list) -> int:
+        return self.active.add_batch(docs, older=self.older())
+
+    def delete(self, key: str, version: int) -> bool:
+        return self.active.delete(key, version, older=self.older())
+
+    def rotate(self) -> None:
+        self.active.seal()
+        self.sealed.append(self.active)
+        self.active = RealtimeSegment(writer_threads=self.writer_threads,
+                                      base=self.active.seq_end)
+
+    def _path(self) -> str:
+        self.seq += 1
+        return os.path.join(self.root, f"seg-{self.seq:06d}.pss")
+
+    def flush(self) -> None:
+        if not self.sealed:
+            return
+        seg = self.sealed[0]
+        stats, remap = write_segment(self._path(), [seg], view_snapshot(self.sources()))
+        f = SegmentFile(self._last_path())
+        assert stats["docs"] == f.docs
+        remap.carry(f)
+        self.files.append(f)
+        self.sealed.pop(0)
+
+    def _last_path(self) -> str:
+        return os.path.join(self.root, f"seg-{self.seq:06d}.pss")
+
+    def compact(self, i: int, j: int) -> None:
+        if j - i < 1:
+            return
+        inputs = self.files[i:j]
+        stats, remap = write_segment(self._path(), inputs, view_snapshot(self.sources()))
+        f = SegmentFile(self._last_path())
+        remap.carry(f)
+        self.files[i:j] = [f]
+
+    def restart(self) -> None:
+        """Flush everything, then reopen the files as a new process would."""
+        self.rotate()
+        while self.sealed:
+            self.flush()
+        paths = [f.path for f in self.files]
+        self.files = [SegmentFile(p) for p in paths]
+        shadow(self.files)
+        self.active = RealtimeSegment(writer_threads=self.writer_threads, base=1)
+
+
+def check_same(lsm: Lsm, model: ModelSegment, keys: list[str]) -> None:
+    src = lsm.sources()
+    for q in QUERIES:
+        assert count_view(src, q) == model.count(q), q
+        for order in ("score", "recent"):
+            got = [(h.key, h.version, h.blob) for h in search_view(src, q, 7, order)]
+            want = [(h.key, h.version, h.blob) for h in model.search(q, 7, order)]
+            assert got == want, (q, order)
+        # BM25's statistics count deleted documents until they are merged
+        # away (as Lucene's do), so compare what matches, not the scores.
+        n = model.count(q)
+        if n:
+            got = {h.key for h in search_view(src, q, min(n, 10000), "bm25")}
+            assert got == {h.key for h in model.search(q, min(n, 10000), "bm25")}, q
+    for k in keys:
+        g, w = get_view(src, k), model.get(k)
+        assert (g is None) == (w is None), k
+        if g is not None:
+            assert (g.key, g.version, g.blob, g.score) == (w.key, w.version, w.blob, w.score)
+
+
+def random_doc(rng: random.Random, key: str, version: int) -> tuple:
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 8)))
+    terms = [f"tag:{rng.choice('abc')}" for _ in range(rng.randint(0, 2))]
+    blob = (f"{key}/{version}/" + "x" * rng.randint(0, 300)).encode()
+    return (key, version, text or None, terms, float(rng.randint(0, 20)), blob)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lsm_matches_the_model_through_flush_compaction_and_restart(tmp_path, seed):
+    rng = random.Random(seed)
+    lsm = Lsm(str(tmp_path), writer_threads=1 + seed % 3)
+    model = ModelSegment()
+    keys = [f"k{i}" for i in range(60)]
+    for step in range(40):
+        op = rng.random()
+        if op < 0.55:
+            batch = [random_doc(rng, rng.choice(keys), rng.randint(0, 12))
+                     for _ in range(rng.randint(1, 25))]
+            assert lsm.add_batch(batch) == model.add_batch(batch)
+        elif op < 0.7:
+            k, v = rng.choice(keys), rng.randint(0, 12)
+            assert lsm.delete(k, v) == model.delete(k, v), (k, v)
+        elif op < 0.8:
+            lsm.rotate()
+        elif op < 0.9:
+            lsm.flush()
+        elif op < 0.97:
+            if len(lsm.files) >= 2:
+                i = rng.randrange(len(lsm.files) - 1)
+                lsm.compact(i, rng.randint(i + 2, len(lsm.files)))
+        else:
+            lsm.restart()
+        check_same(lsm, model, keys)
+    lsm.restart()
+    check_same(lsm, model, keys)
+    # and everything compacted into one file drops every dead document
+    lsm.compact(0, len(lsm.files))
+    assert len(lsm.files) <= 1
+    if lsm.files:
+        st = lsm.files[0].stats()
+        assert st["docs"] == st["docs_live"] == model.count("*")
+    check_same(lsm, model, keys)
+
+
+def test_file_answers_like_the_segment_it_was_written_from(tmp_path):
+    """No deletes: the same documents, terms, postings and statistics, so
+    every order (BM25 too) gives identical hits and scores, across block
+    boundaries of long posting lists and short ones."""
+    rng = random.Random(7)
+    seg = RealtimeSegment(writer_threads=2)
+    docs = [random_doc(rng, f"d{i}", 1) for i in range(3000)]
+    for i in range(0, 3000, 500):
+        seg.add_batch(docs[i:i + 500])
+    seg.seal()
+    path = str(tmp_path / "a.pss")
+    stats, _ = write_segment(path, [seg], view_snapshot([seg]))
+    f = SegmentFile(path)
+    assert stats["docs"] == f.docs == 3000 == len(f)
+    assert f.stats()["postings"] == seg.stats()["postings"]
+    assert f.stats()["terms"] == seg.stats()["terms"]
+    for q in QUERIES + ["cat dog bird", "cat OR dog OR bird OR fish OR mat", "one two -red"]:
+        assert f.count(q) == seg.count(q), q
+        for order in ("score", "bm25", "recent"):
+            for k in (1, 10, 1000):
+                a = [(h.key, h.version, h.blob, round(h.score, 9)) for h in seg.search(q, k, order)]
+                b = [(h.key, h.version, h.blob, round(h.score, 9)) for h in f.search(q, k, order)]
+                assert a == b, (q, order, k)
+    for i in (0, 1, 15, 16, 17, 2999):
+        h = f.get(f"d{i}")
+        assert (h.key, h.version, h.blob, h.score) == (docs[i][0].encode(), 1, docs[i][5], docs[i][4])
+    assert f.get("nope") is None
+
+
+def test_write_refuses_an_unsealed_segment_and_an_unwritable_path(tmp_path):
+    seg = RealtimeSegment()
+    seg.add("a", 1, text="x")
+    with pytest.raises(ValueError, match="sealed"):
+        write_segment(str(tmp_path / "a.pss"), [seg], view_snapshot([seg]))
+    seg.seal()
+    with pytest.raises(SegmentFileError, match="cannot create"):
+        write_segment(str(tmp_path / "no" / "such" / "dir.pss"), [seg], view_snapshot([seg]))
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_segment_writes_and_reads(tmp_path):
+    seg = RealtimeSegment()
+    seg.add("a", 1, text="x")
+    seg.delete("a", 2)  # leaves a tombstone and no document
+    seg.seal()
+    path = str(tmp_path / "e.pss")
+    stats, _ = write_segment(path, [seg], view_snapshot([seg]))
+    assert stats["docs"] == 0 and stats["tombstones"] == 1
+    f = SegmentFile(path)
+    assert len(f) == 0 and f.count("*") == 0 and f.search("x") == [] and f.get("a") is None
+    # the tombstone still drops an older version arriving later
+    act = RealtimeSegment(base=seg.seq_end)
+    assert act.add_batch([("a", 1, "x", [], 0.0, b"")], older=[f]) == 0
+    assert act.add_batch([("a", 3, "x", [], 0.0, b"")], older=[f]) == 1
+
+
+@pytest.fixture
+def good_file(tmp_path):
+    rng = random.Random(3)
+    seg = RealtimeSegment()
+    seg.add_batch([random_doc(rng, f"d{i}", 1) for i in range(500)])
+    seg.seal()
+    path = str(tmp_path / "g.pss")
+    write_segment(path, [seg], view_snapshot([seg]))
+    return path
+
+
+def test_truncated_files_are_refused_with_a_clear_error(good_file):
+    data = open(good_file, "rb").read()
+    for cut in (0, 1, 15, 16, 100, len(data) // 2, len(data) - 17, len(data) - 8, len(data) - 1):
+        with open(good_file, "wb") as fh:
+            fh.write(data[:cut])
+        with pytest.raises(SegmentFileError, match="truncated|too short"):
+            SegmentFile(good_file)
+
+
+def test_every_flipped_byte_is_caught(good_file):
+    data = bytearray(open(good_file, "rb").read())
+    rng = random.Random(11)
+    positions = sorted(set(rng.randrange(len(data)) for _ in range(200)) | {0, 8, len(data) - 1})
+    for pos in positions:
+        bad = bytearray(data)
+        bad[pos] ^= 1 << rng.randrange(8)
+        with open(good_file, "wb") as fh:
+            fh.write(bad)
+        with pytest.raises(SegmentFileError, match="damaged|format|not a segment file|end marker"):
+            SegmentFile(good_file)
+    with open(good_file, "wb") as fh:
+        fh.write(data)
+    assert len(SegmentFile(good_file)) == 500
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SegmentFileError, match="No such file"):
+        SegmentFile(str(tmp_path / "nope.pss"))
