@@ -149,7 +149,7 @@ def test_lsm_matches_the_model_through_flush_compaction_and_restart(tmp_path, se
     lsm = Lsm(str(tmp_path), writer_threads=1 + seed % 3)
     model = ModelSegment()
     keys = [f"k{i}" for i in range(60)]
-    for step in range(40):
+    for _ in range(40):
         op = rng.random()
         if op < 0.55:
             batch = [random_doc(rng, rng.choice(keys), rng.randint(0, 12))
@@ -205,7 +205,8 @@ def test_file_answers_like_the_segment_it_was_written_from(tmp_path):
                 assert a == b, (q, order, k)
     for i in (0, 1, 15, 16, 17, 2999):
         h = f.get(f"d{i}")
-        assert (h.key, h.version, h.blob, h.score) == (docs[i][0].encode(), 1, docs[i][5], docs[i][4])
+        want = (docs[i][0].encode(), 1, docs[i][5], docs[i][4])
+        assert (h.key, h.version, h.blob, h.score) == want
     assert f.get("nope") is None
 
 

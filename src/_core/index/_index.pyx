@@ -125,7 +125,8 @@ cdef extern from "segfile.h" nogil:
     int ps_src_get(const ps_src *src, uint32_t n, const char *key, uint32_t len, uint64_t snap,
                    uint32_t *which, uint32_t *doc)
     int ps_sf_write(const char *path, const ps_src *inp, uint32_t n, uint64_t snap,
-                    uint32_t **remap, ps_sf_write_stats *st, char *err, size_t errlen)
+                    uint64_t max_bytes_per_sec, uint32_t **remap, ps_sf_write_stats *st,
+                    char *err, size_t errlen)
     ps_fseg *ps_fseg_open(const char *path, char *err, size_t errlen)
     void ps_fseg_close(ps_fseg *f)
     uint32_t ps_sf_input_docs(const ps_src *inp)
@@ -806,10 +807,12 @@ cdef class Remap:
         return n
 
 
-def write_segment(path, inputs, unsigned long long snapshot):
+def write_segment(path, inputs, unsigned long long snapshot, *,
+                  unsigned long long max_bytes_per_sec=0):
     """Write inputs (sealed RealtimeSegments and SegmentFiles, oldest first)
     as one segment file at path: the documents live at `snapshot`, terms
-    merged, tombstones kept. Returns (stats, Remap). GIL released."""
+    merged, tombstones kept; no faster than max_bytes_per_sec (0: no
+    limit). Returns (stats, Remap). GIL released."""
     cdef _Sources v = _Sources(inputs)
     cdef Remap r = Remap()
     cdef ps_sf_write_stats st
@@ -827,7 +830,7 @@ def write_segment(path, inputs, unsigned long long snapshot):
     if r.maps == NULL:
         raise MemoryError()
     with nogil:
-        rc = ps_sf_write(p, v.src, v.n, snap, r.maps, &st, err, ERRLEN)
+        rc = ps_sf_write(p, v.src, v.n, snap, max_bytes_per_sec, r.maps, &st, err, ERRLEN)
     if rc != 0:
         raise SegmentFileError(err.decode("utf-8", "replace"))
     return ({"docs": st.docs, "dropped": st.dropped, "tombstones": st.tombs,

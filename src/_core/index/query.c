@@ -130,6 +130,7 @@ typedef struct parser {
     char *word;       /* T_WORD: unescaped bytes (owned) */
     uint32_t word_len;
     int depth;
+    uint32_t terms;   /* terms read so far */
     char *err;
     size_t errlen;
     int failed;
@@ -240,6 +241,12 @@ static ps_qnode *parse_unary(parser *p, int *neg) {
     case T_WORD: {
         if (p->word_len < 1)
             return fail(p, "empty term");
+        /* The same limit as a structured query's (ps_q_check), counted as
+         * terms are read so that a huge query is refused before it is
+         * built. */
+        if (++p->terms > PS_Q_MAX_NODES)
+            return fail(p, "more than 4096 terms");
+        _Static_assert(PS_Q_MAX_NODES == 4096, "the message above names the limit");
         if (p->word_len > PS_TERM_MAX)
             return fail(p, "term longer than 255 bytes");
         ps_qnode *q = ps_q_term(p->word, p->word_len);

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -45,12 +46,34 @@ static inline uint64_t bits_of(double d) {
 
 typedef struct wout {
     int fd;
+    uint64_t rate;          /* bytes per second, 0: unthrottled */
+    struct timespec start;
     uint8_t *buf;
     size_t len, cap;
     uint64_t pos;   /* bytes written so far (file offset of the next byte) */
     uLong crc;
     int failed;     /* errno of the first failure */
 } wout;
+
+static double since(const struct timespec *t0) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Throttle: after each buffer, sleep until the average rate since the
+ * start is back under w->rate (so compaction leaves the disk to ingestion
+ * and queries). */
+static void w_throttle(wout *w) {
+    if (w->rate == 0)
+        return;
+    double ahead = (double)w->pos / (double)w->rate - since(&w->start);
+    if (ahead > 0.0005) {
+        struct timespec ts = {(time_t)ahead, (long)((ahead - (double)(time_t)ahead) * 1e9)};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
+}
 
 static void w_flush(wout *w) {
     size_t off = 0;
@@ -65,6 +88,7 @@ static void w_flush(wout *w) {
         off += (size_t)r;
     }
     w->len = 0;
+    w_throttle(w);
 }
 
 static void w_bytes(wout *w, const void *p, size_t n) {
@@ -273,10 +297,12 @@ static uint64_t slot_probe(const uint64_t *slots, uint64_t mask, const char *key
 }
 
 int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
-                uint32_t **remap, ps_sf_write_stats *st, char *err, size_t errlen) {
+                uint64_t max_bytes_per_sec, uint32_t **remap, ps_sf_write_stats *st, char *err,
+                size_t errlen) {
     int rc = -1;
     char *tmp = NULL;
-    wout w = {.fd = -1};
+    wout w = {.fd = -1, .rate = max_bytes_per_sec};
+    clock_gettime(CLOCK_MONOTONIC, &w.start);
     uint32_t **map = calloc(n ? n : 1, sizeof(*map));
     uint32_t *lim = calloc(n ? n : 1, sizeof(*lim));
     double *score = NULL;

@@ -130,9 +130,11 @@ typedef struct ps_sf_write_stats {
  * merged; tombstones of keys left with no document. remap (may be NULL):
  * remap[i] receives a malloc'd array of the input's doc count: new doc
  * id, or PS_DOC_NONE for a dropped document; the caller frees them.
+ * max_bytes_per_sec (0: no limit) throttles the writing.
  * Returns 0, or -1 with err (and no file left behind). */
 int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
-                uint32_t **remap, ps_sf_write_stats *st, char *err, size_t errlen);
+                uint64_t max_bytes_per_sec, uint32_t **remap, ps_sf_write_stats *st, char *err,
+                size_t errlen);
 
 /* Map and verify a segment file; NULL with err when it cannot be used. */
 ps_fseg *ps_fseg_open(const char *path, char *err, size_t errlen);

@@ -64,6 +64,23 @@ Threads: every method except add/add_batch/delete/seal may be called from
 any number of threads at once; search/count/get run with the GIL released
 and never block writers. add/add_batch/delete/seal serialize among
 themselves (a writer mutex); while they run, readers keep reading.
+
+Many segments (a leaf's LSM; pinstack.leaf.engine drives it)
+------------------------------------------------------------
+SegmentFile maps an immutable segment file, written by write_segment from
+sealed RealtimeSegments and other SegmentFiles (flush and compaction are
+the same call). search_view / count_view / get_view query a sequence of
+segments, oldest first, as one index: one snapshot (taken from the newest
+RealtimeSegment in it), BM25 statistics over all of them, newer segments
+first on ties and for order="recent". An active RealtimeSegment given
+older=[...] (newest first) treats those segments' keys as its own: stale
+adds are dropped, and an update or delete removes the version that lives
+in an older segment, in the same step as its own commit. Deletion stamps
+are global sequence numbers: a segment following another is created with
+base=previous.seq_end.
+
+The file format, its checks and the deletion rules are in
+src/_core/index/segfile.h.
 """
 
 from collections.abc import Iterable, Sequence
@@ -86,6 +103,12 @@ class SegmentFull(RuntimeError):
 class SegmentSealed(RuntimeError):
     """A write to a sealed segment."""
 
+class SegmentFileError(Exception):
+    """A segment file that cannot be used (missing, truncated, damaged, a
+    newer format) or could not be written. The message says which."""
+
+Segment = Union["RealtimeSegment", "SegmentFile"]
+
 class RealtimeSegment:
     def __init__(
         self,
@@ -93,7 +116,12 @@ class RealtimeSegment:
         max_docs: int = 1 << 24,      # capacity; add beyond raises SegmentFull
         k1: float = 1.2,
         b: float = 0.75,
+        base: int = 0,                # global sequence number of doc 0, minus 1
     ) -> None: ...
+    base: int
+    @property
+    def seq_end(self) -> int:
+        """base + committed documents: the base of the segment after this one."""
 
     def add(
         self,
@@ -109,7 +137,8 @@ class RealtimeSegment:
 
         Returns its doc id, or -1 if dropped as stale (older version)."""
 
-    def add_batch(self, docs: Sequence[tuple[Any, ...]]) -> int:
+    def add_batch(self, docs: Sequence[tuple[Any, ...]],
+                  older: Sequence[Segment] | None = None) -> int:
         """The fast path: index many documents with all writer threads.
 
         Each item is (key, version, text, terms, score, blob), where text may
@@ -117,9 +146,11 @@ class RealtimeSegment:
         committed in order, each as soon as all its terms are in (readers
         see a prefix of the batch growing). Returns how many were added
         (not dropped as stale). Raises ValueError for a malformed item
-        before anything of the batch is indexed."""
+        before anything of the batch is indexed. older: the segments before
+        this one, newest first (see "Many segments")."""
 
-    def delete(self, key: Key, version: int | None = None) -> bool:
+    def delete(self, key: Key, version: int | None = None,
+               older: Sequence[Segment] | None = None) -> bool:
         """Delete the key's live document. With a version, only if the live
         document is not newer, and leave a tombstone of that version.
         True if a document was deleted."""
@@ -148,3 +179,46 @@ class RealtimeSegment:
 
 def parse_query(query: str) -> tuple[Any, ...]:
     """The structured form of a human-syntax query (raises ValueError)."""
+
+class SegmentFile:
+    """An immutable segment file, mapped read-only and verified (checksum,
+    every offset) on open: SegmentFileError if it cannot be used. Its
+    deletions live in memory beside it (segfile.h)."""
+    path: str
+    def __init__(self, path: str) -> None: ...
+    @property
+    def docs(self) -> int:
+        """Documents in the file, deleted ones included."""
+    def __len__(self) -> int:
+        """Live documents."""
+    def stats(self) -> dict[str, Any]:
+        """path, docs, docs_deleted, docs_live, tombstones, terms, postings,
+        bytes (the file's size)."""
+    def search(self, query: Query, k: int = 10, order: str = "score") -> list[Hit]: ...
+    def count(self, query: Query) -> int: ...
+    def get(self, key: Key) -> Hit | None: ...
+
+class Remap:
+    """Where each input document of write_segment went."""
+    def carry(self, out: SegmentFile) -> int:
+        """Copy the deletions that landed on the inputs since the write onto
+        `out` (the file written from them); returns how many. From the
+        thread that writes the active segment, between its writes."""
+
+def write_segment(path: str, inputs: Sequence[Segment], snapshot: int, *,
+                  max_bytes_per_sec: int = 0) -> tuple[dict[str, int], Remap]:
+    """Write inputs (oldest first; RealtimeSegments must be sealed) as one
+    file at path (via path.tmp, fsync, rename): every document live at
+    `snapshot` (view_snapshot), in order, terms merged, tombstones kept.
+    Stats: docs, dropped, tombstones, terms, postings, bytes. The GIL is
+    released; readers of the inputs go on."""
+
+def search_view(sources: Sequence[Segment], query: Query, k: int = 10,
+                order: str = "score") -> list[Hit]: ...
+def count_view(sources: Sequence[Segment], query: Query) -> int: ...
+def get_view(sources: Sequence[Segment], key: Key) -> Hit | None: ...
+def view_snapshot(sources: Sequence[Segment]) -> int:
+    """The snapshot a query over sources would take now."""
+def shadow(files: Sequence[SegmentFile]) -> int:
+    """After a restart: each newer file's keys delete the older files'
+    documents of the same keys. Returns how many were deleted."""

@@ -1,7 +1,10 @@
 """pinstack-leaf: realtime search.
 
-The realtime segment lives in C (src/_core/index/); this package gives it
-its public names. See pinstack/_core/_index.pyi for the whole API.
+The segments live in C (src/_core/index/); this package gives them their
+public names (pinstack/_core/_index.pyi documents them), and holds the
+leaf around them: engine.py (the LSM: flush, compaction, manifest,
+restart), service.py (stream ingestion, metrics), server.py (HTTP),
+cli.py (pinstack-leaf).
 
     from pinstack.leaf import RealtimeSegment
     seg = RealtimeSegment(writer_threads=2)
@@ -12,9 +15,12 @@ its public names. See pinstack/_core/_index.pyi for the whole API.
 from pinstack._core._index import (
     Hit,
     RealtimeSegment,
+    SegmentFile,
+    SegmentFileError,
     SegmentFull,
     SegmentSealed,
     parse_query,
 )
 
-__all__ = ["Hit", "RealtimeSegment", "SegmentFull", "SegmentSealed", "parse_query"]
+__all__ = ["Hit", "RealtimeSegment", "SegmentFile", "SegmentFileError", "SegmentFull",
+           "SegmentSealed", "parse_query"]

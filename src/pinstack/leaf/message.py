@@ -483,24 +483,25 @@ def segment_docs(ops: Iterable[Op]) -> list[tuple[Any, ...]]:
     return docs
 
 
-def apply_ops(segment: Any, ops: Sequence[Op]) -> ApplyResult:
+def apply_ops(segment: Any, ops: Sequence[Op], older: Sequence[Any] = ()) -> ApplyResult:
     """Apply ops to a RealtimeSegment in stream order: each run of
     consecutive index ops is one add_batch, each delete is a versioned
     segment.delete (which leaves a tombstone, so an older index op that
-    comes later is dropped as stale)."""
+    comes later is dropped as stale). older: the leaf's older segments,
+    newest first (see RealtimeSegment.add_batch)."""
     added = stale = deleted = 0
     i = 0
     n = len(ops)
     while i < n:
         if ops[i][0] == "delete":
-            if segment.delete(ops[i][1], ops[i][2]):
+            if segment.delete(ops[i][1], ops[i][2], older=older):
                 deleted += 1
             i += 1
             continue
         j = i
         while j < n and ops[j][0] == "index":
             j += 1
-        k = segment.add_batch([op[1:] for op in ops[i:j]])
+        k = segment.add_batch([op[1:] for op in ops[i:j]], older=older)
         added += k
         stale += (j - i) - k
         i = j
