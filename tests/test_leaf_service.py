@@ -15,6 +15,7 @@ Kafka-fed leaf against librdkafka's mock cluster.
 from __future__ import annotations
 
 import json
+import os
 import time
 import zlib
 
@@ -354,3 +355,74 @@ def test_engine_stats_become_metrics_whatever_their_shape(open_leaf):
     assert metric(leaf, "pinstack_leaf_segments") == 2
     assert metric(leaf, "pinstack_leaf_segment_bytes") == 15
     assert leaf.metrics.registry.get_sample_value("pinstack_leaf_engine_flushes_total") is None
+
+
+# ---- log retention -----------------------------------------------------------------------
+
+
+def _msgs(start: int, n: int) -> list[bytes]:
+    return [json.dumps({"op": "index", "key": f"r{i}", "version": 1,
+                        "fields": {"title": f"retained {i} " + "x" * 200}}).encode()
+            for i in range(start, start + n)]
+
+
+def _wait(cond, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_log_retention_checkpoint_deletes_what_the_index_holds(open_leaf):
+    leaf = open_leaf(partitions=1, log_retention="checkpoint", log_segment_bytes=8192)
+    for i in range(0, 400, 100):
+        write_visible(leaf, _msgs(i, 100))
+    assert leaf.log.start_offset(0) == 0  # nothing durable in the index yet
+    leaf.flush()
+    checkpoint = leaf.engine.checkpoint()[0]
+    assert checkpoint == 400
+    assert _wait(lambda: leaf.log.start_offset(0) > 0)
+    assert leaf.log.start_offset(0) <= checkpoint
+    assert leaf.count("*")["count"] == 400
+
+
+def test_log_retention_all_keeps_everything_and_rebuilds_a_damaged_index(open_leaf, tmp_path):
+    data = str(tmp_path / "leaf")
+    leaf = open_leaf(data_dir=data, partitions=1, log_segment_bytes=8192)
+    write_visible(leaf, _msgs(0, 300))
+    leaf.flush()
+    time.sleep(1.2)  # a tick of the ingest thread: retention would act now
+    assert leaf.log.start_offset(0) == 0
+    leaf.close()
+    seg_dir = os.path.join(data, "index", "segments")
+    name = sorted(os.listdir(seg_dir))[0]
+    with open(os.path.join(seg_dir, name), "r+b") as fh:
+        fh.seek(100)
+        b = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    leaf2 = open_leaf(data_dir=data, partitions=1, log_segment_bytes=8192)
+    assert "damaged" in (leaf2.engine.rebuild_reason or "")
+    assert leaf2.rebuild_incomplete is None
+    assert _wait(lambda: leaf2.count("*")["count"] == 300)
+
+
+def test_a_rebuild_after_retention_says_what_is_lost(open_leaf, tmp_path):
+    data = str(tmp_path / "leaf")
+    leaf = open_leaf(data_dir=data, partitions=1, log_retention="checkpoint",
+                     log_segment_bytes=8192)
+    for i in range(0, 300, 100):  # one append is one log file at most: several
+        write_visible(leaf, _msgs(i, 100))
+    leaf.flush()
+    assert _wait(lambda: leaf.log.start_offset(0) > 0)
+    leaf.close()
+    seg_dir = os.path.join(data, "index", "segments")
+    for name in os.listdir(seg_dir):
+        with open(os.path.join(seg_dir, name), "r+b") as fh:
+            fh.truncate(50)
+    leaf2 = open_leaf(data_dir=data, partitions=1, log_retention="checkpoint",
+                      log_segment_bytes=8192)
+    assert leaf2.rebuild_incomplete and "lost" in leaf2.rebuild_incomplete
+    assert leaf2.stats()["rebuild_incomplete"] == leaf2.rebuild_incomplete

@@ -177,6 +177,13 @@ class LeafConfig:
     partitions: int | None = None  # embedded: None = what the log has, or DEFAULT_PARTITIONS
     fsync: str = "always"  # embedded: "always" or "interval_ms=N"
     on_corrupt: str = "stop"  # embedded: a corrupt log record stops ingestion, or is skipped
+    # embedded: "all" keeps every log record (a damaged segment file can
+    # always be rebuilt from the log; the disk grows with everything ever
+    # written); "checkpoint" deletes log files whose records the durable
+    # index (the manifest's checkpoint) holds (bounded disk; a damaged
+    # segment file then loses what only it held, and says so).
+    log_retention: str = "all"
+    log_segment_bytes: int = 64 << 20  # embedded: log files roll at this size
     kafka_brokers: str | None = None
     kafka_topic: str | None = None
     kafka_partitions: list[int] | None = None  # None: all of the topic's
@@ -199,6 +206,9 @@ class LeafConfig:
                              f"(got {self.on_bad_message!r})")
         if self.ready_lag < 0:
             raise ValueError(f"ready_lag must be >= 0 (got {self.ready_lag})")
+        if self.log_retention not in ("all", "checkpoint"):
+            raise ValueError(f'log_retention must be "all" or "checkpoint" '
+                             f"(got {self.log_retention!r})")
 
 
 # ---- metrics -------------------------------------------------------------------
@@ -537,18 +547,29 @@ class Leaf:
         self.engine = Engine(os.path.join(c.data_dir, "index"), writer_threads=c.writer_threads,
                              **c.engine_options)
         checkpoint = self.engine.checkpoint()
+        self.rebuild_incomplete: str | None = None
         if c.source == "embedded":
             log_dir = os.path.join(c.data_dir, "log")
             parts = c.partitions
             if parts is None and not os.path.exists(os.path.join(log_dir, "meta.json")):
                 parts = DEFAULT_PARTITIONS
-            self.log = Log(log_dir, parts, fsync=c.fsync, on_corrupt=c.on_corrupt)
+            self.log = Log(log_dir, parts, fsync=c.fsync, on_corrupt=c.on_corrupt,
+                           segment_bytes=c.log_segment_bytes)
             try:
                 self.source = EmbeddedSource(self.log, offsets=checkpoint)
             except LogError as e:
                 raise LeafError(f"the index in {c.data_dir}/index covers stream positions "
                                 f"{checkpoint} that the log in {log_dir} does not have: {e}"
                                 ) from None
+            rebuilt = getattr(self.engine, "rebuild_reason", None)
+            lost = {p: self.log.start_offset(p) for p in range(self.log.partitions)
+                    if self.log.start_offset(p) > checkpoint.get(p, 0)}
+            if rebuilt and lost:
+                self.rebuild_incomplete = (
+                    f"the index was rebuilt from the log ({rebuilt}), but log retention had "
+                    f"already deleted records below offsets {lost}: documents only they held "
+                    f"are lost")
+                log.error("%s", self.rebuild_incomplete)
             self._append_pool = ThreadPoolExecutor(
                 max_workers=min(self.log.partitions, 16), thread_name_prefix="leaf-append")
             self._positions = self.source.positions()
@@ -587,11 +608,13 @@ class Leaf:
             try:
                 if records:
                     self._apply(records)
-                elif tick is not None and now - last_tick >= TICK_INTERVAL:
+                if now - last_tick >= TICK_INTERVAL:
                     last_tick = now
                     with self._engine_lock:
                         if not self.closed:
-                            tick()
+                            if tick is not None and not records:
+                                tick()
+                            self._retain()
             except Exception as e:  # noqa: BLE001
                 log.exception("ingestion halted: applying to the index failed")
                 self._halt(f"applying to the index failed: {e}")
@@ -654,6 +677,15 @@ class Leaf:
             log.error("ingestion halted in front of a bad message (on_bad_message=halt): %s", e)
             self._halt(f"bad message at {e}")
 
+    def _retain(self) -> None:
+        """log_retention="checkpoint": drop log files the durable index
+        covers (ingest thread, engine lock held)."""
+        if self.log is None or self.config.log_retention != "checkpoint":
+            return
+        for p, offset in self.engine.checkpoint().items():
+            if p < self.log.partitions:
+                self.log.delete_before(p, offset)
+
     def _halt(self, reason: str) -> None:
         self._halted = reason
         with self._applied_cond:
@@ -699,6 +731,7 @@ class Leaf:
         d: dict[str, Any] = {
             "ready": ready,
             "ready_reason": why,
+            "rebuild_incomplete": self.rebuild_incomplete,
             "uptime_s": round(time.time() - self.started_at, 3),
             "source": self.config.source,
             "schema": self.schema.to_dict(),
