@@ -16,6 +16,12 @@
  *   - a doc id at or past the committed watermark it read afterwards;
  *   - count(all) going down while only adds happen (phase 1);
  *   - two hits with one key (phase 2: updates).
+ * Then the same across segments (test_views): keys written to a segment
+ * that is sealed and flushed to a segment file, then updated in an active
+ * segment that deletes their old versions in the file (ps_older_fn) while
+ * readers query the view [file, active]: every key must count exactly
+ * once, always (the deletion stamp in the file is stored before the
+ * release of the active segment's watermark).
  * Ends with "N passed, N failed"; exit status 1 on any failure.
  */
 #define _GNU_SOURCE
@@ -25,9 +31,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "posting.h"
 #include "query.h"
+#include "segfile.h"
 #include "segment.h"
 
 #ifndef STRESS_SECONDS
@@ -305,6 +313,99 @@ static int test_stress(void) {
     return 0;
 }
 
+/* ---- views across segments -------------------------------------------- */
+
+#define VIEW_KEYS 2000u
+
+typedef struct vstress {
+    ps_src src[2];  /* file, active */
+    _Atomic int stop;
+} vstress;
+
+static void *view_reader_main(void *arg) {
+    vstress *st = arg;
+    ps_hit *hits = malloc(VIEW_KEYS * sizeof(*hits));
+    unsigned seed = (unsigned)(uintptr_t)&seed;
+    while (!atomic_load(&st->stop)) {
+        ps_qnode *all = term("all");
+        uint64_t n = 0;
+        if (ps_q_count_view(st->src, 2, all, &n) != 0)
+            abort();
+        RCHECK(n == VIEW_KEYS, "count(all) over the view is %llu, not %u", (unsigned long long)n,
+               VIEW_KEYS);
+        uint32_t nout = 0;
+        if (ps_q_search_view(st->src, 2, all, VIEW_KEYS, rand_r(&seed) % 3, hits, &nout) != 0)
+            abort();
+        RCHECK(nout == VIEW_KEYS, "search over the view found %u, not %u", nout, VIEW_KEYS);
+        ps_q_free(all);
+    }
+    free(hits);
+    return NULL;
+}
+
+static int add_keys(ps_segment *seg, uint32_t first, uint32_t n, int64_t version,
+                    const ps_older *older) {
+    docbuf *bufs = calloc(n, sizeof(*bufs));
+    ps_doc_in *docs = calloc(n, sizeof(*docs));
+    char key[32], err[200];
+    for (uint32_t k = 0; k < n; k++) {
+        snprintf(key, sizeof(key), "key%u", (first + k) % VIEW_KEYS);
+        make_doc(&bufs[k], &docs[k], first + k, key, version);
+    }
+    uint32_t added = 0;
+    int rc = ps_seg_add_batch(seg, docs, n, true, older, NULL, &added, err, sizeof(err));
+    free(bufs);
+    free(docs);
+    CHECK(rc == PS_OK, "add_batch: %s", err);
+    return 0;
+}
+
+static int test_views(void) {
+    char err[200], path[64];
+    ps_segment *first = ps_seg_new(2, 1u << 20, 1.2, 0.75, 1, err, sizeof(err));
+    CHECK(first != NULL, "%s", err);
+    if (add_keys(first, 0, VIEW_KEYS, 1, NULL))
+        return 1;
+    ps_seg_seal(first);
+    snprintf(path, sizeof(path), "/tmp/test_index_%d.pss", (int)getpid());
+    ps_src in = {.rt = first};
+    ps_sf_write_stats ws;
+    CHECK(ps_sf_write(path, &in, 1, ps_seg_snap(first, ps_seg_committed(first)), 0, NULL, &ws, err,
+                      sizeof(err)) == 0, "%s", err);
+    ps_fseg *f = ps_fseg_open(path, err, sizeof(err));
+    CHECK(f != NULL, "%s", err);
+    CHECK(f->ndocs == VIEW_KEYS, "file has %u docs", f->ndocs);
+    uint64_t base = ps_seg_snap(first, ps_seg_committed(first));
+    ps_seg_free(first);
+    ps_segment *active = ps_seg_new(2, 1u << 22, 1.2, 0.75, base, err, sizeof(err));
+    CHECK(active != NULL, "%s", err);
+    vstress st = {.src = {{.f = f}, {.rt = active}}};
+    ps_src older_src[1] = {{.f = f}};
+    ps_src_list older_list = {older_src, 1};
+    ps_older older = {ps_src_older_lookup, &older_list};
+    pthread_t readers[3];
+    for (int r = 0; r < 3; r++)
+        pthread_create(&readers[r], NULL, view_reader_main, &st);
+    double t0 = now();
+    uint32_t next = 0;
+    int64_t version = 2;
+    while (now() - t0 < STRESS_SECONDS / 2 && next < (1u << 21)) {
+        if (add_keys(active, next, 97, version++, &older))
+            return 1;
+        next += 97;
+    }
+    atomic_store(&st.stop, 1);
+    for (int r = 0; r < 3; r++)
+        pthread_join(readers[r], NULL);
+    CHECK(atomic_load(&reader_errors) == 0, "%d reader errors", atomic_load(&reader_errors));
+    CHECK(atomic_load(&f->deleted_count) == (next < VIEW_KEYS ? next : VIEW_KEYS),
+          "file deletes %u after %u updates", atomic_load(&f->deleted_count), next);
+    ps_seg_free(active);
+    ps_fseg_close(f);
+    unlink(path);
+    return 0;
+}
+
 int main(void) {
     struct {
         const char *name;
@@ -313,6 +414,7 @@ int main(void) {
         {"posting_boundaries", test_posting_boundaries},
         {"parser", test_parser},
         {"stress", test_stress},
+        {"views", test_views},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(*tests); i++) {
         int r = tests[i].fn();
