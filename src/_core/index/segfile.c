@@ -584,7 +584,8 @@ int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
         if (tc.failed)
             goto nomem;
     }
-    qsort(tc.v, tc.n, sizeof(tsrc), cmp_tsrc);
+    if (tc.n > 1)  /* qsort(NULL, 0, ...) is undefined */
+        qsort(tc.v, tc.n, sizeof(tsrc), cmp_tsrc);
     w_align8(&w);
     ft.off_post = w.pos;
     uint64_t nterms = 0, postings = 0;
