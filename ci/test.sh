@@ -146,7 +146,10 @@ build_and_install sanitizer "$SAN_PY" env "${SANITIZER_ENV[@]}"
 unset PINSTACK_SANITIZE
 # PINSTACK_SANITIZE=1 tells tests that measure resident memory to skip
 # that assertion (ASan's shadow memory inflates it).
-if ! (run_pytest env "${SANITIZER_ENV[@]}" PINSTACK_SANITIZE=1 \
+# PYTHONUNBUFFERED: a sanitizer that stops the process (halt_on_error)
+# exits without flushing stdio; unbuffered, pytest's progress up to the
+# failing test is still in the log.
+if ! (run_pytest env "${SANITIZER_ENV[@]}" PINSTACK_SANITIZE=1 PYTHONUNBUFFERED=1 \
         "$SAN_PY" -m pytest -q tests --timeout=300 --benchmark-disable); then
     show_sanitizer_reports || true
     fail "tests failed under the sanitizers"
