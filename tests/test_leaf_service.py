@@ -441,3 +441,65 @@ def test_the_ingest_thread_reuses_what_write_parsed(open_leaf):
     assert 0 < st["parsed_by_write"] <= 60
     assert leaf.count("*")["count"] == 50
     assert not leaf._parsed  # nothing left behind
+
+
+def test_a_kafka_leaf_resumes_from_its_checkpoint_after_a_restart(open_leaf, tmp_path):
+    """Kafka gives the offsets, the manifest keeps them: after a flush and a
+    restart the leaf seeks each partition to its checkpoint (no consumer
+    group), replays only what follows, and ends in the same state as the
+    stream says: updates, deletes and stale versions across the restart."""
+    ck = pytest.importorskip("confluent_kafka")
+    from confluent_kafka.admin import AdminClient
+
+    quiet = {"log_level": 3}
+    admin = AdminClient({"test.mock.num.brokers": 1, **quiet})
+    md = admin.list_topics(timeout=10)
+    bootstrap = ",".join(f"{b.host}:{b.port}" for b in md.brokers.values())
+    producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, **quiet})
+    want: dict[str, int] = {}  # key -> live version
+    newest: dict[str, int] = {}  # key -> newest version seen (documents and deletes)
+
+    def produce(key: str, version: int, delete: bool = False) -> None:
+        p = zlib.crc32(key.encode()) % 2
+        fresh = newest.get(key, -1) <= version
+        if fresh:
+            newest[key] = version
+        if delete:
+            value = json.dumps({"op": "delete", "key": key, "version": version}).encode()
+            if fresh:
+                want.pop(key, None)
+        else:
+            value = msg(key, version, title=f"cat v{version}")
+            if fresh:
+                want[key] = version
+        producer.produce("pins2", value=value, partition=p)
+
+    for i in range(60):
+        produce(f"k{i}", 1)
+    for i in range(0, 60, 3):
+        produce(f"k{i}", 2)
+    assert producer.flush(10) == 0
+    data = str(tmp_path / "kleaf")
+    config = dict(data_dir=data, source="kafka", kafka_brokers=bootstrap,
+                  kafka_topic="pins2", ready_lag=0, kafka_config=quiet)
+    leaf = open_leaf(**config)
+    wait_until(lambda: leaf.count(q="cat")["count"] == len(want), timeout=20, what="first pass")
+    leaf.flush()
+    checkpoint = leaf.engine.checkpoint()
+    assert sum(checkpoint.values()) == 80
+    leaf.close()
+    for i in range(0, 60, 5):
+        produce(f"k{i}", 3, delete=True)
+    for i in range(1, 60, 4):
+        produce(f"k{i}", 0)  # stale: older than what is indexed
+    produce("new", 1)
+    assert producer.flush(10) == 0
+    leaf2 = open_leaf(**config)
+    assert leaf2.engine.checkpoint() == checkpoint
+    wait_until(lambda: leaf2.ready()[0] and leaf2.count(q="cat")["count"] == len(want),
+               timeout=20, what="replay after the restart")
+    st = leaf2.stats()["ingest"]
+    assert st["records"] == 12 + 15 + 1  # only what followed the checkpoint
+    hits = leaf2.search(q="cat", k=1000)["hits"]
+    assert {h["key"]: h["version"] for h in hits} == want
+    leaf2.close()
