@@ -222,3 +222,28 @@ def test_closed_engine_refuses_writes(tmp_path):
     e.close()
     with pytest.raises(EngineError, match="closed"):
         e.apply([Op("index", "a", 1, "x", [], 0.0, b"")], {0: 1})
+
+
+def test_flush_waits_for_what_was_sealed_when_asked_not_for_what_follows(tmp_path):
+    """Ingestion that keeps sealing segments (tiny segments, the sealed
+    queue always full) must not starve an admin flush."""
+    e = Engine(str(tmp_path), max_segment_docs=5, max_sealed=2)
+    stop = threading.Event()
+
+    def ingest() -> None:
+        v = 0
+        while not stop.is_set():
+            v += 1
+            e.apply([Op("index", f"k{i}", v, "cat", [], 0.0, b"") for i in range(25)], {0: v})
+
+    t = threading.Thread(target=ingest)
+    t.start()
+    try:
+        for _ in range(3):
+            result = e.flush(timeout=20)
+            assert result["generation"] >= 1
+        e.compact()  # likewise: what is there now, once
+    finally:
+        stop.set()
+        t.join()
+    e.close()

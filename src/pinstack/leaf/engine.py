@@ -58,7 +58,9 @@ THREADS AND LOCKS
                    compaction (the only writers of deletion stamps).
     manifest lock  a swap and the manifest write that records it, so that
                    manifests are written in generation order.
-    Lock order: manifest lock, then apply lock. Readers take neither.
+    compaction lock one compaction at a time (background or admin).
+    Lock order: compaction lock, manifest lock, apply lock. Readers take
+    none of them.
 """
 
 from __future__ import annotations
@@ -110,14 +112,16 @@ def _fsync_dir(path: str) -> None:
 
 
 class _Sealed:
-    """A sealed realtime segment and the stream positions it covers."""
+    """A sealed realtime segment, the stream positions it covers, and its
+    place in the order of rotations (flushed in that order)."""
 
-    __slots__ = ("segment", "positions", "sealed_at")
+    __slots__ = ("segment", "positions", "sealed_at", "serial")
 
-    def __init__(self, segment: RealtimeSegment, positions: dict[int, int]) -> None:
+    def __init__(self, segment: RealtimeSegment, positions: dict[int, int], serial: int) -> None:
         self.segment = segment
         self.positions = positions
         self.sealed_at = time.monotonic()
+        self.serial = serial
 
 
 class Engine:
@@ -171,10 +175,9 @@ class Engine:
         self._generation = 0
         self._next_name = 1
         self._pending: set[str] = set()  # names being written (GC keeps them)
-        self._unflushed = 0  # sealed segments not yet in a written manifest
-        self._compact_request = 0  # full compactions asked for
-        self._compact_done = 0
-        self._busy_compacting = False
+        self._compaction_lock = threading.Lock()  # one compaction at a time
+        self._sealed_serial = 0  # rotations so far
+        self._flushed_serial = 0  # rotations whose segment is in a written manifest
         self._error: str | None = None  # last background failure
         self.rebuild_reason: str | None = None
         self.counters: dict[str, float] = {
@@ -368,8 +371,8 @@ class Engine:
         """Seal the active segment and start another (apply lock held)."""
         old = self._active
         old.seal()
-        self._sealed.append(_Sealed(old, dict(self._positions)))
-        self._unflushed += 1
+        self._sealed_serial += 1
+        self._sealed.append(_Sealed(old, dict(self._positions), self._sealed_serial))
         self._active = self._new_active(base=old.seq_end)
         self._active_since = time.monotonic()
         self.counters["rotations"] += 1
@@ -462,7 +465,7 @@ class Engine:
             self.counters["flush_seconds"] += dt
             self.counters["flush_last_seconds"] = dt
             self.counters["flush_bytes"] += stats["bytes"]
-            self._unflushed -= 1
+            self._flushed_serial = item.serial
             self._cond.notify_all()
         log.info("flushed %d documents to %s in %.3fs", stats["docs"], path, dt)
 
@@ -477,7 +480,9 @@ class Engine:
             rotated = self._active_docs() > 0
             if rotated:
                 self._rotate()
-            while self._unflushed:
+            # What is sealed now; not what ingestion seals while we wait.
+            target = self._sealed_serial
+            while self._flushed_serial < target:
                 if not self._threads:
                     self._apply_lock.release()
                     try:
@@ -487,8 +492,9 @@ class Engine:
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise EngineError(f"flush: {self._unflushed} segment(s) still being "
-                                      f"written after {timeout}s ({self._error or 'no error'})")
+                    raise EngineError(f"flush: {target - self._flushed_serial} segment(s) still "
+                                      f"being written after {timeout}s "
+                                      f"({self._error or 'no error'})")
                 self._cond.wait(min(left, 0.5))
             return {"flushed": rotated, "generation": self._generation,
                     "checkpoint": dict(self._checkpoint), "segments": len(self._files)}
@@ -529,32 +535,24 @@ class Engine:
         while True:
             with self._apply_lock:
                 while not self._closed:
-                    force = self._compact_request > self._compact_done
-                    pick = self._pick_merge(force)
+                    pick = self._pick_merge(False)
                     if pick is not None:
                         break
-                    if force:
-                        self._compact_done = self._compact_request
-                        self._cond.notify_all()
                     self._cond.wait(1.0)
                 if self._closed:
                     return
-                request = self._compact_request
-                self._busy_compacting = True
             try:
-                self._compact_run(*pick)
+                with self._compaction_lock:
+                    with self._apply_lock:  # an admin compact may have gone first
+                        pick = self._pick_merge(False)
+                    if pick is not None:
+                        self._compact_run(*pick)
                 self._error = None
             except Exception as e:  # noqa: BLE001 - reported, retried
                 self.counters["compaction_failures"] += 1
                 self._error = f"compaction: {e}"
                 log.error("compaction failed (will retry): %s", e)
                 time.sleep(1.0)
-            finally:
-                with self._apply_lock:
-                    self._busy_compacting = False
-                    if force and self._pick_merge(True) is None:
-                        self._compact_done = request
-                    self._cond.notify_all()
 
     def _compact_run(self, i: int, j: int) -> None:
         t0 = time.monotonic()
@@ -589,35 +587,23 @@ class Engine:
         log.info("compacted %d files into %s (%d documents, %d dropped) in %.3fs",
                  j - i, path, stats["docs"], stats["dropped"], dt)
 
-    def compact(self, timeout: float = 300.0) -> dict[str, Any]:
-        """Merge every segment file into one (dropping deleted and superseded
-        documents) and wait for it."""
-        deadline = time.monotonic() + timeout
-        with self._apply_lock:
-            self._check_open()
-            if self.data_dir is None:
-                return {"compacted": False, "reason": "memory-only engine (no data_dir)"}
-            before = len(self._files)
-            if not self._threads:
+    def compact(self) -> dict[str, Any]:
+        """Merge the segment files there are now into one (dropping deleted
+        and superseded documents), in the calling thread; files flushed
+        meanwhile are left for later. One compaction at a time: this waits
+        for a background one that is running."""
+        with self._compaction_lock:
+            with self._apply_lock:
+                self._check_open()
+                if self.data_dir is None:
+                    return {"compacted": False, "reason": "memory-only engine (no data_dir)"}
+                before = len(self._files)
                 pick = self._pick_merge(True)
-                if pick is not None:
-                    self._apply_lock.release()
-                    try:
-                        self._compact_run(*pick)
-                    finally:
-                        self._apply_lock.acquire()
-            else:
-                self._compact_request += 1
-                want = self._compact_request
-                self._cond.notify_all()
-                while self._compact_done < want:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise EngineError(f"compact: not done after {timeout}s")
-                    self._cond.wait(min(left, 0.5))
-            return {"compacted": before > len(self._files) or before == 1,
-                    "segments_before": before, "segments": len(self._files),
-                    "generation": self._generation}
+            if pick is not None:
+                self._compact_run(*pick)
+            with self._apply_lock:
+                return {"compacted": pick is not None, "segments_before": before,
+                        "segments": len(self._files), "generation": self._generation}
 
     # ---- stats and lifecycle -----------------------------------------------------
 
