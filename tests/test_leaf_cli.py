@@ -294,3 +294,72 @@ def test_the_module_and_version_run_as_a_process():
     assert out.returncode == 0 and out.stdout.decode().startswith("pinstack-leaf ")
     out = run("serve", "--data")
     assert out.returncode == 2 and b"expected one argument" in out.stderr
+
+
+# ---- the index (engine) flags of serve -------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--max-segment-docs", "0"], "must be 1..1073741824 (got 0)"),
+    (["--max-segment-docs", "many"], "not an integer: 'many'"),
+    (["--max-segment-age", "0"], "must be more than 0"),
+    (["--max-segment-age", "-5"], "must be more than 0"),
+    (["--max-segment-age", "nan"], "must be more than 0"),
+    (["--max-segment-age", "inf"], "must be more than 0"),
+    (["--max-segment-age", "soon"], "not a number of seconds: 'soon'"),
+    (["--merge-factor", "1"], "must be 2..1024 (got 1)"),
+    (["--merge-factor", "2.5"], "not an integer: '2.5'"),
+    (["--compaction-rate", "-1"], "a size in bytes, or with k/m/g (got '-1')"),
+    (["--compaction-rate", "fast"], "a size in bytes, or with k/m/g (got 'fast')"),
+], ids=["docs-0", "docs-word", "age-0", "age-negative", "age-nan", "age-inf", "age-word",
+        "merge-1", "merge-float", "rate-negative", "rate-word"])
+def test_bad_engine_flags_exit_2(capsys, argv, text):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--data", "d", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: pinstack-leaf" in err and f"argument {argv[0]}: " in err and text in err
+
+
+def test_engine_flags_reach_the_engine_and_default_to_its_own(capsys):
+    import inspect
+
+    from pinstack.leaf.engine import Engine
+
+    parse = cli.build_parser().parse_args
+    args = parse(["serve", "--data", "d", "--max-segment-docs", "200", "--max-segment-age",
+                  "2.5", "--merge-factor", "2", "--compaction-rate", "1m"])
+    assert cli._engine_options(args) == {"max_segment_docs": 200, "max_segment_age_s": 2.5,
+                                         "merge_factor": 2, "compaction_bytes_per_sec": 1 << 20}
+    assert cli._engine_options(parse(["serve", "--data", "d", "--compaction-rate", "0"])) == \
+        {"compaction_bytes_per_sec": 0}  # 0: unthrottled, passed as it is
+    assert cli._engine_options(parse(["serve", "--data", "d"])) == {}  # the engine's defaults
+    # Every keyword is one Engine takes, and the default the help names is Engine's.
+    params = inspect.signature(Engine).parameters
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    shown = {"max_segment_docs": "1048576", "max_segment_age_s": "600", "merge_factor": "4",
+             "compaction_bytes_per_sec": "64m"}
+    for flag, kw in cli.ENGINE_FLAGS.items():
+        default = params[kw].default
+        assert (cli._size(shown[kw]) if kw == "compaction_bytes_per_sec"
+                else float(shown[kw])) == default, kw
+        option = "--" + flag.replace("_", "-")
+        assert re.search(rf"{option} \S+ [^-]*?\(default {shown[kw]}\b", text), option
+
+
+def test_serve_runs_with_the_engine_flags(serve, tmp_path):
+    # 5 documents a segment: 12 documents make two segment files (and the
+    # rest in the realtime segment), merged by compaction with factor 2.
+    leaf = serve(None, "--max-segment-docs", "5", "--merge-factor", "2",
+                 "--compaction-rate", "0", "--max-segment-age", "3600")
+    docs = ndjson(*(doc(f"k{i}", "cat") for i in range(12)))
+    assert run("produce", "--url", leaf.url, "--wait-visible", "--batch", "1",
+               stdin=docs).returncode == 0
+    out = run("status", "--url", leaf.url, "--json")
+    engine = json.loads(out.stdout)["engine"]
+    assert engine["rotations"] == 2 and engine["docs_live"] == 12
+    out = run("search", "cat", "--url", leaf.url, "--count", "--json")
+    assert json.loads(out.stdout)["count"] == 12
+    assert leaf.stop() == 0

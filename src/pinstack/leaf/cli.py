@@ -44,6 +44,7 @@ DEFAULT_PORT = 8095
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 EXIT_FAILED = 1
 EXIT_NOT_READY = 3
+MAX_SECONDS = 366 * 86400  # --max-segment-age: a year is "never" for a realtime segment
 
 log = logging.getLogger("pinstack.leaf")
 
@@ -99,6 +100,17 @@ def _size(text: str) -> int:
     if not t.isdigit():
         raise argparse.ArgumentTypeError(f"a size in bytes, or with k/m/g (got {text!r})")
     return int(t) * scale
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan; inf is over the bound
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_SECONDS} seconds (got {text!r})")
+    return value
 
 
 def _kafka_option(text: str) -> tuple[str, str]:
@@ -157,6 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--search-threads", type=_int_in(0, 256), metavar="N", default=0,
                    help="run searches in a pool of N threads instead of the event loop "
                         "(default 0; see docs/leaf-server.md)")
+    # The index (Engine) settings: None leaves the engine's default (named in
+    # the help; tests/test_leaf_cli.py checks the names against Engine).
+    s.add_argument("--max-segment-docs", type=_int_in(1, 1 << 30), metavar="N",
+                   help="seal the realtime segment and flush it to a segment file once it "
+                        "holds N documents (default 1048576)")
+    s.add_argument("--max-segment-age", type=_seconds, metavar="SECONDS",
+                   help="also seal it once it is this old and holds documents "
+                        "(default 600)")
+    s.add_argument("--merge-factor", type=_int_in(2, 1024), metavar="N",
+                   help="compaction merges N adjacent segment files of one size tier "
+                        "into one (default 4)")
+    s.add_argument("--compaction-rate", type=_size, metavar="SIZE",
+                   help="compaction writes at most SIZE bytes per second, with k/m/g "
+                        "(default 64m; 0: unthrottled)")
+    s.add_argument("--log-retention", choices=("all", "checkpoint"), default="all",
+                   help="embedded log: keep every record (default: a damaged segment file "
+                        "can always be rebuilt from the log), or delete log files the "
+                        "durable index covers (bounded disk)")
     s.add_argument("--on-bad-message", choices=("skip", "halt"), default="skip",
                    help="an invalid message in the stream is logged and skipped (default), "
                         "or halts ingestion in front of it")
@@ -226,7 +256,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             kafka_topic=args.kafka_topic, kafka_partitions=args.kafka_partitions,
             kafka_config=dict(args.kafka_option), schema=schema,
             writer_threads=args.writer_threads, on_bad_message=args.on_bad_message,
-            ready_lag=args.ready_lag)
+            ready_lag=args.ready_lag, log_retention=args.log_retention,
+            engine_options=_engine_options(args))
         leaf = Leaf(config)
     except (SchemaError, LogError, LeafError, ValueError, OSError, ImportError,
             RuntimeError) as e:
@@ -236,6 +267,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         leaf.close()
         log.info("stopped")
+
+
+# serve flag -> Engine(...) keyword; a flag left out keeps the engine's default.
+ENGINE_FLAGS = {
+    "max_segment_docs": "max_segment_docs",
+    "max_segment_age": "max_segment_age_s",
+    "merge_factor": "merge_factor",
+    "compaction_rate": "compaction_bytes_per_sec",
+}
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {kw: getattr(args, flag) for flag, kw in ENGINE_FLAGS.items()
+            if getattr(args, flag) is not None}
 
 
 async def _serve(leaf: Any, args: argparse.Namespace) -> int:
