@@ -707,18 +707,27 @@ def fmt_ratio(r) -> str:
     return f"{r:.2f}x" if r >= 0.1 else f"{r:.4f}x"
 
 
-def print_table(run: Run, metrics: dict) -> None:
-    m = run.machine
-    print(f"pinstack-leaf vs tantivy {m['tantivy']}: {run.args.docs:,} docs; "
-          f"{m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}; "
-          f"load {m['loadavg_start']:.1f} -> {m['loadavg_end']:.1f}")
+def print_header(title: str, m: dict) -> None:
+    """The title line (with the machine) and the column heads of a
+    ours-vs-tantivy table (this script's and leaf_server_compare.py's)."""
+    print(f"{title}; {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}, "
+          f"Python {m['python']}; load {m['loadavg_start']:.1f} -> {m['loadavg_end']:.1f}")
     cols = (f"{'metric':44s} {'unit':>9s} {'tantivy':>12s} {'ours':>12s} "
             f"{'ours/tantivy':>13s}  better")
     print(cols)
     print("-" * len(cols))
+
+
+def print_row(name: str, row: dict) -> None:
+    print(f"{name:44s} {row['unit']:>9s} {fmt(row['tantivy']):>12s} "
+          f"{fmt(row['ours']):>12s} {fmt_ratio(row['ratio']):>13s}  {row['better']}")
+
+
+def print_table(run: Run, metrics: dict) -> None:
+    m = run.machine
+    print_header(f"pinstack-leaf vs tantivy {m['tantivy']}: {run.args.docs:,} docs", m)
     for name, row in metrics.items():
-        print(f"{name:44s} {row['unit']:>9s} {fmt(row['tantivy']):>12s} "
-              f"{fmt(row['ours']):>12s} {fmt_ratio(row['ratio']):>13s}  {row['better']}")
+        print_row(name, row)
         if "tantivy_hits_only" in row:
             print(f"{'  tantivy without fetching the 10 docs':44s} {'':>9s} "
                   f"{fmt(row['tantivy_hits_only']):>12s} {'':>12s} "

@@ -26,6 +26,8 @@ APT_PACKAGES=(
     libmemcached-tools  # memcslap, memcstat, ... (load and protocol checks)
     nutcracker          # twemproxy, the proxy tier our fleet runs behind
     netcat-openbsd      # nc, used by the README's tour and by hand
+    dict-gcide          # GCIDE dictionary: a real corpus for the leaf benchmarks
+    wordnet-base        # WordNet 3.0 synsets: the same (bench/leaf_real_corpus.py)
 )
 
 missing=()
@@ -64,9 +66,10 @@ else
     # "memcache", so developers' own memcached processes are left alone.
     $SUDO service memcached stop >/dev/null 2>&1 || true
     $SUDO service nutcracker stop >/dev/null 2>&1 || true
+    $SUDO service dictd stop >/dev/null 2>&1 || true  # dict-gcide's dictionary server
     $SUDO pkill -x -u memcache memcached || true
     if command -v systemctl >/dev/null 2>&1; then
-        $SUDO systemctl disable memcached nutcracker >/dev/null 2>&1 || true
+        $SUDO systemctl disable memcached nutcracker dictd >/dev/null 2>&1 || true
     fi
 fi
 

@@ -335,3 +335,25 @@ def diff_script(pair: ServerPair, script: bytes, expect_end: bytes | None = None
     ours = send_recv(pair.ours.port, script, expect_end, timeout)
     theirs = send_recv(pair.theirs.port, script, expect_end, timeout)
     return ours, theirs
+
+
+def run_quick_bench(script: str, tmp_path: Path, timeout: float) -> dict:
+    """Run bench/<script> --quick in a child process and return its JSON.
+
+    Under CI's sanitizer run the child (and the servers it starts) inherit
+    the ASan preload; what is checked is that the script runs, not
+    tantivy's or numpy's memory at exit, so leak checking is off in the
+    children only."""
+    import json
+
+    out = tmp_path / (Path(script).stem + ".json")
+    env = dict(os.environ)
+    if "ASAN_OPTIONS" in env:
+        env["ASAN_OPTIONS"] += ":detect_leaks=0"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / script), "--quick",
+         "--json", str(out), "--tmpdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())

@@ -18,13 +18,12 @@ with --quick and checks its JSON, so that the script cannot rot.
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_quick_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -160,19 +159,7 @@ def test_leaf_compare_quick(tmp_path):
         if IN_CI:
             pytest.fail("tantivy is not installed (ci/requirements-test.txt lists it)")
         pytest.skip("tantivy is not installed (pip install tantivy)")
-    out = tmp_path / "leaf_compare.json"
-    # Under CI's sanitizer run the child inherits the ASan preload; what it
-    # checks is that the script runs, not tantivy's or numpy's memory at
-    # exit, so leak checking is off in the child only.
-    env = dict(os.environ)
-    if "ASAN_OPTIONS" in env:
-        env["ASAN_OPTIONS"] += ":detect_leaks=0"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "leaf_compare.py"), "--quick",
-         "--json", str(out), "--tmpdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(out.read_text())
+    result = run_quick_bench("leaf_compare.py", tmp_path, timeout=300)
     metrics = result["metrics"]
     missing = [name for name in EXPECTED_METRICS if name not in metrics]
     assert not missing, missing

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- serve -------------------------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, engine_factory: Any = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pinstack.leaf.message import SchemaError
@@ -257,7 +257,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             kafka_config=dict(args.kafka_option), schema=schema,
             writer_threads=args.writer_threads, on_bad_message=args.on_bad_message,
             ready_lag=args.ready_lag, log_retention=args.log_retention,
-            engine_options=_engine_options(args))
+            engine_options=_engine_options(args), engine_factory=engine_factory)
         leaf = Leaf(config)
     except (SchemaError, LogError, LeafError, ValueError, OSError, ImportError,
             RuntimeError) as e:
@@ -521,12 +521,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The pinstack-leaf command; returns the exit status."""
+def main(argv: list[str] | None = None, *, engine_factory: Any = None) -> int:
+    """The pinstack-leaf command; returns the exit status. engine_factory:
+    what `serve` builds its index with (default: pinstack.leaf.engine.Engine)."""
     args = build_parser().parse_args(argv)
-    command = {"serve": cmd_serve, "search": cmd_search, "status": cmd_status,
-               "produce": cmd_produce}[args.command]
     try:
+        if args.command == "serve":
+            return cmd_serve(args, engine_factory)
+        command = {"search": cmd_search, "status": cmd_status,
+                   "produce": cmd_produce}[args.command]
         return command(args)
     except CliError as e:
         print(f"{PROG}: {e}", file=sys.stderr)

@@ -196,6 +196,9 @@ class LeafConfig:
     max_query_bytes: int = 65536
     poll_max_records: int = POLL_MAX_RECORDS
     engine_options: dict[str, Any] = field(default_factory=dict)  # more Engine(...) arguments
+    # What builds the index: Engine, or anything with its methods (the
+    # benchmarks serve tantivy through the same service this way).
+    engine_factory: Any = None
 
     def check(self) -> None:
         if self.source not in ("embedded", "kafka"):
@@ -554,8 +557,9 @@ class Leaf:
 
     def _open(self) -> None:
         c = self.config
-        self.engine = Engine(os.path.join(c.data_dir, "index"), writer_threads=c.writer_threads,
-                             **c.engine_options)
+        self.engine = (c.engine_factory or Engine)(os.path.join(c.data_dir, "index"),
+                                                   writer_threads=c.writer_threads,
+                                                   **c.engine_options)
         checkpoint = self.engine.checkpoint()
         self.rebuild_incomplete: str | None = None
         if c.source == "embedded":
