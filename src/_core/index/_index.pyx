@@ -855,3 +855,301 @@ def shadow(files):
         return n
     finally:
         PyMem_Free(fs)
+
+
+# ---- messages: pinstack.leaf.message's parser (msgparse.h) -------------------
+#
+# The rules live in msgparse.c; this only moves bytes in and Python objects
+# out. A MessageParser holds the C form of one Schema (immutable, shared by
+# threads) and one spare work area: a call takes it (or makes another, when
+# another thread or a re-entrant call holds it) and gives it back, and the
+# GIL makes taking and giving atomic. parse() keeps the GIL for small
+# records (releasing and taking it back costs more than parsing them, and
+# can wait a whole switch interval behind another thread); parse_records()
+# releases it once for the whole batch.
+
+cdef extern from "msgparse.h" nogil:
+    enum:
+        MP_OK
+        MP_NOMEM
+        MP_STORE_SOURCE
+        MP_STORE_PAYLOAD
+        MP_STORE_NONE
+        MP_OP_INDEX
+        MP_OP_DELETE
+        MP_BLOB_EMPTY
+        MP_BLOB_SOURCE
+        MP_BLOB_OUT
+        MP_PART_TEXT
+        MP_PART_REPR
+
+    ctypedef struct mp_field_def:
+        const char *name
+        size_t len
+        int text
+
+    ctypedef struct mp_schema_def:
+        const mp_field_def *fields
+        uint32_t nfields
+        int store
+        uint32_t max_message_bytes
+        uint32_t max_terms
+        uint32_t int_max_digits
+
+    ctypedef struct mp_parser:
+        pass
+
+    ctypedef struct mp_work:
+        pass
+
+    ctypedef struct mp_span:
+        size_t off
+        size_t len
+
+    ctypedef struct mp_part:
+        int kind
+        size_t off
+        size_t len
+
+    ctypedef struct mp_result:
+        int status
+        int kind
+        int64_t version
+        double score
+        mp_span key
+        int has_text
+        mp_span text
+        size_t term0
+        uint32_t nterms
+        int blob
+        mp_span blob_span
+        size_t part0
+        uint32_t nparts
+
+    mp_parser *mp_parser_new(const mp_schema_def *d, char *err, size_t errlen)
+    void mp_parser_free(mp_parser *p)
+    mp_work *mp_work_new()
+    void mp_work_free(mp_work *w)
+    void mp_work_clear(mp_work *w)
+    void mp_work_trim(mp_work *w, size_t keep)
+    int mp_parse(const mp_parser *p, mp_work *w, const char *raw, size_t len, mp_result *res)
+    const char *mp_work_out(const mp_work *w)
+    const mp_span *mp_work_terms(const mp_work *w)
+    const mp_part *mp_work_parts(const mp_work *w)
+    const char *mp_code(int status)
+
+
+cdef extern from *:
+    """
+    /* An instance of a tuple subclass (a NamedTuple) without its Python-level
+     * __new__: what tuple.__new__(cls, items) does, minus the argument tuple. */
+    static PyObject *mp_new_op(PyObject *cls, PyObject *kind, PyObject *key, PyObject *version,
+                               PyObject *text, PyObject *terms, PyObject *score, PyObject *blob)
+    {
+        PyTypeObject *t = (PyTypeObject *)cls;
+        PyObject *items[7];
+        PyObject *o = t->tp_alloc(t, 7);
+        Py_ssize_t i;
+        if (o == NULL)
+            return NULL;
+        items[0] = kind; items[1] = key; items[2] = version; items[3] = text;
+        items[4] = terms; items[5] = score; items[6] = blob;
+        for (i = 0; i < 7; i++) {
+            Py_INCREF(items[i]);
+            PyTuple_SET_ITEM(o, i, items[i]);
+        }
+        return o;
+    }
+    """
+    object mp_new_op(object cls, object kind, object key, object version, object text,
+                     object terms, object score, object blob)
+
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+
+
+DEF MP_NOGIL_BYTES = 65536     # parse() releases the GIL for records this big
+DEF MP_KEEP_BYTES = 4 << 20    # work memory kept between calls (per buffer)
+
+cdef dict _MP_STORES = {"source": MP_STORE_SOURCE, "payload": MP_STORE_PAYLOAD,
+                        "none": MP_STORE_NONE}
+
+
+cdef class MessageParser:
+    """The C parser of leaf stream messages for one schema.
+
+    MessageParser(schema, op_type, error_type): schema is Schema.to_dict()
+    of a validated pinstack.leaf.message.Schema; op_type the Op NamedTuple
+    class; error_type is called as error_type(code, message) for a bad
+    message. The rules are msgparse.c's (docs/leaf-stream.md)."""
+
+    cdef mp_parser *p
+    cdef mp_work *spare
+    cdef object op_type
+    cdef object error_type
+
+    def __cinit__(self, dict schema, op_type, error_type):
+        cdef char err[ERRLEN]
+        cdef mp_schema_def d
+        cdef mp_field_def *defs = NULL
+        err[0] = 0
+        if not (isinstance(op_type, type) and issubclass(op_type, tuple)
+                and len(getattr(op_type, "_fields", ())) == 7):
+            raise TypeError("op_type must be a NamedTuple class of 7 fields")
+        self.op_type = op_type
+        self.error_type = error_type
+        names = ([(n.encode("utf-8", "surrogatepass"), 1) for n in schema["text"]]
+                 + [(n.encode("utf-8", "surrogatepass"), 0) for n in schema["keywords"]])
+        import sys
+        digits = getattr(sys, "get_int_max_str_digits", lambda: 0)()
+        memset(&d, 0, sizeof(d))
+        d.store = _MP_STORES[schema["store"]]
+        d.max_message_bytes = schema["max_message_bytes"]
+        d.max_terms = schema["max_terms"]
+        d.int_max_digits = digits
+        d.nfields = len(names)
+        defs = <mp_field_def *>PyMem_Malloc((len(names) + 1) * sizeof(mp_field_def))
+        if defs == NULL:
+            raise MemoryError()
+        try:
+            for i, (name, is_text) in enumerate(names):
+                defs[i].name = PyBytes_AS_STRING(name)
+                defs[i].len = PyBytes_GET_SIZE(name)
+                defs[i].text = is_text
+            d.fields = defs
+            self.p = mp_parser_new(&d, err, ERRLEN)
+        finally:
+            PyMem_Free(defs)
+        if self.p == NULL:
+            raise ValueError("schema: " + err.decode("utf-8", "replace"))
+        self.spare = mp_work_new()
+        if self.spare == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        mp_work_free(self.spare)
+        mp_parser_free(self.p)
+
+    cdef mp_work *_take(self) except NULL:
+        cdef mp_work *w = self.spare
+        self.spare = NULL
+        if w == NULL:
+            w = mp_work_new()
+            if w == NULL:
+                raise MemoryError()
+        return w
+
+    cdef void _give(self, mp_work *w) noexcept:
+        mp_work_clear(w)
+        mp_work_trim(w, MP_KEEP_BYTES)
+        if self.spare == NULL:
+            self.spare = w
+        else:
+            mp_work_free(w)
+
+    cdef object _error(self, mp_work *w, const mp_result *r):
+        """error_type(code, sentence); REPR parts are quoted with repr()."""
+        cdef const char *out = mp_work_out(w)
+        cdef const mp_part *parts = mp_work_parts(w)
+        cdef const mp_part *pt
+        if r.status == MP_NOMEM:
+            raise MemoryError()
+        pieces = []
+        for i in range(r.nparts):
+            pt = &parts[r.part0 + i]
+            s = PyUnicode_DecodeUTF8(out + pt.off, <Py_ssize_t>pt.len, "surrogatepass")
+            pieces.append(repr(s) if pt.kind == MP_PART_REPR else s)
+        return self.error_type(mp_code(r.status).decode("ascii"), "".join(pieces))
+
+    cdef object _op(self, mp_work *w, const mp_result *r, bytes raw):
+        cdef const char *out = mp_work_out(w)
+        cdef const mp_span *terms = mp_work_terms(w)
+        cdef const mp_span *t
+        key = PyUnicode_DecodeUTF8(out + r.key.off, <Py_ssize_t>r.key.len, NULL)
+        if r.kind == MP_OP_DELETE:
+            return mp_new_op(self.op_type, "delete", key, r.version, None, [], 0.0, b"")
+        text = None
+        if r.has_text:
+            text = PyUnicode_DecodeUTF8(out + r.text.off, <Py_ssize_t>r.text.len, NULL)
+        term_list = []
+        for i in range(r.nterms):
+            t = &terms[r.term0 + i]
+            term_list.append(PyUnicode_DecodeUTF8(out + t.off, <Py_ssize_t>t.len, NULL))
+        if r.blob == MP_BLOB_SOURCE:
+            blob = raw
+        elif r.blob == MP_BLOB_OUT:
+            blob = PyBytes_FromStringAndSize(out + r.blob_span.off, <Py_ssize_t>r.blob_span.len)
+        else:
+            blob = b""
+        return mp_new_op(self.op_type, "index", key, r.version, text, term_list, r.score, blob)
+
+    def parse(self, raw):
+        """One record (bytes-like) -> Op, or raise error_type(code, message)."""
+        cdef bytes b = raw if type(raw) is bytes else bytes(raw)
+        cdef const char *p = PyBytes_AS_STRING(b)
+        cdef size_t n = <size_t>PyBytes_GET_SIZE(b)
+        cdef mp_result r
+        cdef mp_work *w = self._take()
+        try:
+            if n >= MP_NOGIL_BYTES:
+                with nogil:
+                    mp_parse(self.p, w, p, n, &r)
+            else:
+                mp_parse(self.p, w, p, n, &r)
+            if r.status == MP_OK:
+                return self._op(w, &r, b)
+            raise self._error(w, &r)
+        finally:
+            self._give(w)
+
+    def parse_records(self, records, bint halt=False):
+        """A polled batch of (partition, offset, payload) -> (ops, bad), bad
+        being [(partition, offset, error)] in order. With halt, parsing stops
+        at the first bad record (bad holds it alone). The GIL is released
+        while the batch is parsed."""
+        cdef list items = []
+        cdef Py_ssize_t n, i, done = 0
+        cdef const char **ptrs = NULL
+        cdef size_t *lens = NULL
+        cdef mp_result *res = NULL
+        cdef mp_work *w = NULL
+        cdef int rc
+        for partition, offset, payload in records:
+            items.append((partition, offset,
+                          payload if type(payload) is bytes else bytes(payload)))
+        n = len(items)
+        if n == 0:
+            return [], []
+        ptrs = <const char **>PyMem_Malloc(n * sizeof(char *))
+        lens = <size_t *>PyMem_Malloc(n * sizeof(size_t))
+        res = <mp_result *>PyMem_Malloc(n * sizeof(mp_result))
+        try:
+            if ptrs == NULL or lens == NULL or res == NULL:
+                raise MemoryError()
+            for i in range(n):
+                raw = (<tuple>items[i])[2]
+                ptrs[i] = PyBytes_AS_STRING(raw)
+                lens[i] = <size_t>PyBytes_GET_SIZE(raw)
+            w = self._take()
+            with nogil:
+                while done < n:
+                    rc = mp_parse(self.p, w, ptrs[done], lens[done], &res[done])
+                    done += 1
+                    if rc == MP_NOMEM or (rc != MP_OK and halt):
+                        break
+            ops = []
+            bad = []
+            for i in range(done):
+                item = <tuple>items[i]
+                if res[i].status == MP_OK:
+                    ops.append(self._op(w, &res[i], item[2]))
+                else:
+                    bad.append((item[0], item[1], self._error(w, &res[i])))
+            return ops, bad
+        finally:
+            if w != NULL:
+                self._give(w)
+            PyMem_Free(ptrs)
+            PyMem_Free(lens)
+            PyMem_Free(res)

@@ -222,3 +222,19 @@ def view_snapshot(sources: Sequence[Segment]) -> int:
 def shadow(files: Sequence[SegmentFile]) -> int:
     """After a restart: each newer file's keys delete the older files'
     documents of the same keys. Returns how many were deleted."""
+
+class MessageParser:
+    """The C parser of leaf stream messages (src/_core/index/msgparse.c)
+    for one schema; pinstack.leaf.message wraps it (parse_message,
+    parse_records), which is where to call it from. Read-only after
+    construction: any number of threads may parse at once."""
+    def __init__(self, schema: dict[str, Any], op_type: Any, error_type: Any) -> None:
+        """schema: Schema.to_dict() of a validated Schema; op_type: the Op
+        NamedTuple; error_type(code, message) is raised for a bad message."""
+    def parse(self, raw: bytes) -> Any:
+        """One record -> an op_type, or raise error_type(code, message)."""
+    def parse_records(self, records: Sequence[Sequence[Any]],
+                      halt: bool = False) -> tuple[list[Any], list[tuple[int, int, Any]]]:
+        """(partition, offset, payload) records -> (ops, [(partition,
+        offset, error)]), in order; with halt, stops at the first bad one.
+        The GIL is released while the batch is parsed."""

@@ -25,28 +25,32 @@ An Op that parse_message returns is always accepted by add_batch: key 1..1024
 UTF-8 bytes, version an int64, every term 1..255 UTF-8 bytes, score finite,
 no string that cannot be encoded as UTF-8 (a lone surrogate from a `\\ud800`
 escape). add_batch rejects a whole batch for one bad document, so this is
-what keeps one bad message from stopping ingestion: the checks live here,
-once, before anything reaches the index.
+what keeps one bad message from stopping ingestion: the checks live in one
+place, before anything reaches the index.
 
-Speed
------
-One json decode (C) plus a handful of type checks per field; no regexes, no
-per-character Python loops. Byte lengths are computed only for non-ASCII
-strings (str.isascii() is O(1) in CPython), and UTF-8 encodability is
-checked only when the raw record contains a `\\u` escape: strict UTF-8
-decoding of the raw bytes already rules out surrogates otherwise.
+Where the rules live
+--------------------
+In C: src/_core/index/msgparse.c parses the record as strict JSON and
+applies every rule in one pass over its bytes (its opening comment lists
+what is accepted and refused); a Schema builds the C form of itself once
+(pinstack._core._index.MessageParser) and parse_message / parse_records
+only call it. This module keeps what is not on the hot path: the Schema
+and its file format, MessageError and the Op, applying ops to a segment,
+and logging skipped records.
 
 Threads: everything here is a pure function of its arguments; a Schema is
-immutable once built and may be shared by any number of threads.
+immutable once built and may be shared by any number of threads (its C
+parser is read-only; each call has its own work area).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
+
+from pinstack._core._index import MessageParser
 
 __all__ = [
     "ApplyResult",
@@ -63,24 +67,11 @@ __all__ = [
 
 log = logging.getLogger("pinstack.leaf.message")
 
-KEY_MAX_BYTES = 1024  # the segment's PS_KEY_MAX
-TERM_MAX_BYTES = 255  # the segment's term limit
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
-
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 DEFAULT_MAX_TERMS = 1024
 
-_MESSAGE_KEYS = frozenset(("op", "key", "version", "fields", "score", "payload"))
-_DELETE_KEYS = frozenset(("op", "key", "version"))
 _SCHEMA_KEYS = frozenset(("text", "keywords", "store", "max_message_bytes", "max_terms"))
-_TEXT: Any = object()  # Schema._kinds: a text field maps to this, a keyword field to "name:"
-_STORE_SOURCE = "source"
-_STORE_PAYLOAD = "payload"
-_STORE_NONE = "none"
-_STORES = {s: s for s in (_STORE_SOURCE, _STORE_PAYLOAD, _STORE_NONE)}
-_FLOAT_MAX = sys.float_info.max
-_new_op = tuple.__new__  # Op(...) runs a Python-level __new__; this is the C one
+_STORES = frozenset(("source", "payload", "none"))
 
 
 class MessageError(ValueError):
@@ -152,8 +143,7 @@ class Schema:
     payload alone as compact JSON (b"" without one), "none" nothing.
     """
 
-    __slots__ = ("text", "keywords", "store", "max_message_bytes", "max_terms", "_kinds",
-                 "_names", "_store")
+    __slots__ = ("text", "keywords", "store", "max_message_bytes", "max_terms", "_parser")
 
     def __init__(
         self,
@@ -166,17 +156,17 @@ class Schema:
     ) -> None:
         text = tuple(text)
         keywords = tuple(keywords)
-        kinds: dict[str, Any] = {}
-        for kind, names, label in ((_TEXT, text, "text"), (None, keywords, "keywords")):
+        seen: set[str] = set()
+        for names, label in ((text, "text"), (keywords, "keywords")):
             for name in names:
                 if not isinstance(name, str) or not 1 <= len(name) <= 128 or ":" in name:
                     raise SchemaError(
                         f"schema: {label}: a field name is a string of 1..128 characters "
                         f"without ':' (got {name!r})"
                     )
-                if name in kinds:
+                if name in seen:
                     raise SchemaError(f"schema: field {name!r} is named twice")
-                kinds[name] = _TEXT if kind is _TEXT else name + ":"
+                seen.add(name)
         for label, value, low in (
             ("max_message_bytes", max_message_bytes, 64),
             ("max_terms", max_terms, 0),
@@ -190,11 +180,9 @@ class Schema:
         self.text = text
         self.keywords = keywords
         self.store = store
-        self._store = _STORES[store]  # the interned constant: parse_message compares by identity
         self.max_message_bytes = max_message_bytes
         self.max_terms = max_terms
-        self._kinds = kinds
-        self._names = ", ".join(sorted(kinds)) or "none"
+        self._parser = MessageParser(self.to_dict(), Op, MessageError)  # the rules, in C
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Schema:
@@ -242,233 +230,15 @@ class Schema:
         return f"Schema({self.to_dict()!r})"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-_encode_payload = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
-).encode
-
-
-def _utf8_len(s: str, what: str) -> int:
-    if s.isascii():
-        return len(s)
-    try:
-        return len(s.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise MessageError(
-            "encoding", f"{what} is not encodable as UTF-8 (a lone surrogate escape?)"
-        ) from None
-
-
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    return "object"
-
-
 def parse_message(raw: bytes, schema: Schema) -> Op:
     """Check one record and return its Op; raise MessageError otherwise.
 
     raw is the record's bytes (bytes, bytearray or memoryview). The rules
     are in docs/leaf-stream.md; every violation has its own `code`:
     too_large, encoding, json, not_object, unknown_key, missing, type,
-    range, unknown_field, empty, limit."""
-    if len(raw) > schema.max_message_bytes:
-        raise MessageError(
-            "too_large",
-            f"message is {len(raw)} bytes, over the limit of {schema.max_message_bytes}",
-        )
-    if type(raw) is not bytes:
-        raw = bytes(raw)
-    try:
-        s = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise MessageError("encoding", f"message is not UTF-8: {e}") from None
-    try:
-        msg = _decode(s)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN, giant ints, nesting
-        raise MessageError("json", f"message is not valid JSON: {e}") from None
-    if type(msg) is not dict:
-        raise MessageError("not_object", f"message must be a JSON object, not {_type_name(msg)}")
-    if not msg.keys() <= _MESSAGE_KEYS:
-        unknown = sorted(k for k in msg if k not in _MESSAGE_KEYS)
-        raise MessageError(
-            "unknown_key",
-            f"unknown key(s) {', '.join(map(repr, unknown))} "
-            f"(a message has op, key, version, fields, score, payload)",
-        )
-    op = msg.get("op")
-    key = msg.get("key")
-    version = msg.get("version")
-    if type(key) is not str:
-        if "key" not in msg:
-            raise MessageError("missing", 'missing "key"')
-        raise MessageError("type", f'"key" must be a string, not {_type_name(key)}')
-    if type(version) is not int:
-        if "version" not in msg:
-            raise MessageError("missing", 'missing "version"')
-        raise MessageError("type", f'"version" must be an integer, not {_type_name(version)}'
-                           + (" with a fraction" if type(version) is float else ""))
-    if not key or (len(key) > 256 and _utf8_len(key, '"key"') > KEY_MAX_BYTES):
-        raise MessageError(
-            "range", f'"key" must be 1..{KEY_MAX_BYTES} bytes of UTF-8 (got {len(key.encode())})'
-        )
-    if not INT64_MIN <= version <= INT64_MAX:
-        raise MessageError("range", f'"version" {version} does not fit in a signed 64-bit integer')
-    check_utf8 = "\\u" in s  # an escape may have produced a lone surrogate
-    if check_utf8 and not key.isascii():
-        _utf8_len(key, '"key"')
-
-    if op != "index":
-        if op == "delete":
-            if len(msg) != 3:
-                extra = sorted(k for k in msg if k not in _DELETE_KEYS)
-                raise MessageError(
-                    "unknown_key",
-                    f"a delete has only op, key and version (got {', '.join(map(repr, extra))})",
-                )
-            return _new_op(Op, ("delete", key, version, None, [], 0.0, b""))
-        if "op" not in msg:
-            raise MessageError("missing", 'missing "op" ("index" or "delete")')
-        raise MessageError("type", f'"op" must be "index" or "delete" (got {op!r})')
-
-    score = msg.get("score", 0.0)
-    if type(score) is not float:
-        if type(score) is int:
-            try:
-                score = float(score)
-            except OverflowError:
-                raise MessageError("range", f'"score" {score} is too large') from None
-        else:
-            raise MessageError("type", f'"score" must be a number, not {_type_name(score)}')
-    elif not -_FLOAT_MAX <= score <= _FLOAT_MAX:  # 1e999 decodes to inf
-        raise MessageError("range", f'"score" must be finite (got {score!r})')
-
-    store = schema._store
-    if store is _STORE_SOURCE:
-        blob = raw
-    elif store is _STORE_PAYLOAD and "payload" in msg:
-        try:
-            blob = _encode_payload(msg["payload"]).encode("utf-8")
-        except UnicodeEncodeError:
-            raise MessageError(
-                "encoding", '"payload" is not encodable as UTF-8 (a lone surrogate escape?)'
-            ) from None
-    else:
-        blob = b""
-    if check_utf8 and store is _STORE_SOURCE and "payload" in msg:
-        try:
-            _encode_payload(msg["payload"]).encode("utf-8")
-        except UnicodeEncodeError:
-            raise MessageError(
-                "encoding", '"payload" is not encodable as UTF-8 (a lone surrogate escape?)'
-            ) from None
-
-    fields = msg.get("fields")
-    if fields is None:
-        if "fields" in msg:
-            raise MessageError("type", '"fields" must be an object, not null')
-        return _new_op(Op, ("index", key, version, None, [], score, blob))
-    if type(fields) is not dict:
-        raise MessageError("type", f'"fields" must be an object, not {_type_name(fields)}')
-    kinds = schema._kinds
-    text = None
-    texts = None
-    terms: list[str] = []
-    for name, value in fields.items():
-        prefix = kinds.get(name)
-        if prefix is None:
-            raise MessageError(
-                "unknown_field", f"unknown field {name!r} (the schema names: {schema._names})"
-            )
-        if prefix is _TEXT:
-            if type(value) is str:
-                if text is None:
-                    text = value
-                else:
-                    if texts is None:
-                        texts = [text]
-                    texts.append(value)
-            elif type(value) is list and all(type(v) is str for v in value):
-                if value:
-                    if texts is None:
-                        texts = [] if text is None else [text]
-                    texts.extend(value)
-                    text = ""
-            else:
-                raise MessageError(
-                    "type",
-                    f"text field {name!r} must be a string or an array of strings, "
-                    f"not {_type_name(value)}",
-                )
-            continue
-        # a keyword field: prefix is "name:"
-        if type(value) is str and value:
-            term = prefix + value
-            if len(term) > 63 or check_utf8:
-                _check_term(term, name, check_utf8)
-            terms.append(term)
-        elif type(value) is list:
-            for v in value:
-                if type(v) is str and v:
-                    term = prefix + v
-                    if len(term) > 63 or check_utf8:
-                        _check_term(term, name, check_utf8)
-                elif type(v) is int:
-                    term = prefix + str(v)
-                    if len(term) > 255:
-                        _check_term(term, name, False)
-                else:
-                    _bad_keyword(name, v, True)
-                terms.append(term)
-        elif type(value) is int:
-            term = prefix + str(value)
-            if len(term) > 255:
-                _check_term(term, name, False)
-            terms.append(term)
-        else:
-            _bad_keyword(name, value, False)
-    if len(terms) > schema.max_terms:
-        raise MessageError(
-            "limit", f"{len(terms)} keyword terms, over the limit of {schema.max_terms}"
-        )
-    if texts is not None:
-        text = "\n".join(texts)
-    if check_utf8 and text is not None and not text.isascii():
-        _utf8_len(text, "a text field")
-    return _new_op(Op, ("index", key, version, text, terms, score, blob))
-
-
-def _check_term(term: str, name: str, check_utf8: bool) -> None:
-    if len(term) > 63 or not term.isascii():
-        n = _utf8_len(term, f"keyword field {name!r}")
-        if n > TERM_MAX_BYTES:
-            raise MessageError(
-                "range",
-                f"keyword field {name!r}: the term {term[:40]!r}... is {n} bytes; "
-                f"a term is at most {TERM_MAX_BYTES}",
-            )
-
-
-def _bad_keyword(name: str, v: Any, in_array: bool) -> None:
-    if type(v) is str:
-        raise MessageError("empty", f"keyword field {name!r} has an empty value")
-    raise MessageError(
-        "type",
-        f"keyword field {name!r} takes strings, integers or an array of them, "
-        f"not {_type_name(v)}" + (" in an array" if in_array else ""),
-    )
+    range, unknown_field, empty, limit. With store "source" the Op's blob
+    is raw itself (as bytes)."""
+    return schema._parser.parse(raw)
 
 
 def segment_docs(ops: Iterable[Op]) -> list[tuple[Any, ...]]:
@@ -521,16 +291,13 @@ def parse_records(
     With halt=True the first bad record raises its MessageError instead
     (partition and offset filled in), and nothing of the batch is returned:
     the caller stops before that offset."""
-    ops: list[Op] = []
+    ops, failed = schema._parser.parse_records(records, halt)  # C, GIL released
     bad: list[BadMessage] = []
-    for partition, offset, payload in records:
-        try:
-            ops.append(parse_message(payload, schema))
-        except MessageError as e:
-            e.partition = partition
-            e.offset = offset
-            if halt:
-                raise
-            log.warning("skipped a bad message: %s", e)
-            bad.append(BadMessage(partition, offset, e))
+    for partition, offset, e in failed:
+        e.partition = partition
+        e.offset = offset
+        if halt:
+            raise e
+        log.warning("skipped a bad message: %s", e)
+        bad.append(BadMessage(partition, offset, e))
     return ops, bad
