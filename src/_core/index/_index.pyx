@@ -174,9 +174,6 @@ cdef extern from "query.h" nogil:
     void ps_q_free(ps_qnode *q)
     int ps_q_check(const ps_qnode *q, char *err, size_t errlen)
     int ps_q_parse(const char *text, size_t len, ps_qnode **out, char *err, size_t errlen)
-    int ps_q_count(ps_segment *s, const ps_qnode *q, uint64_t *count)
-    int ps_q_search(ps_segment *s, const ps_qnode *q, uint32_t k, int order, ps_hit *out,
-                    uint32_t *nout)
     int ps_q_count_view(const ps_src *src, uint32_t n, const ps_qnode *q, uint64_t *count)
     int ps_q_search_view(const ps_src *src, uint32_t n, const ps_qnode *q, uint32_t k,
                          int order, ps_hit *out, uint32_t *nout)
@@ -495,47 +492,11 @@ cdef class RealtimeSegment:
 
     def search(self, query, k=10, str order="score"):
         """Best k live matches, best first, one per key."""
-        cdef int ord_
-        cdef ps_hit *hits
-        cdef uint32_t nout = 0, i
-        cdef int rc
-        cdef uint32_t kk
-        k = PyNumber_Index(k)  # ints only: 1.5 is a caller's bug
-        if order not in _ORDERS:
-            raise ValueError(f"order must be 'score', 'bm25' or 'recent' (got {order!r})")
-        if k < 1 or k > PS_K_MAX:
-            raise ValueError(f"k must be 1..{PS_K_MAX} (got {k})")
-        ord_ = _ORDERS[order]
-        kk = k
-        cdef ps_qnode *node = _compile(query)
-        hits = <ps_hit *>PyMem_Malloc(k * sizeof(ps_hit))
-        if hits == NULL:
-            ps_q_free(node)
-            raise MemoryError()
-        try:
-            with nogil:
-                rc = ps_q_search(self.seg, node, kk, ord_, hits, &nout)
-            if rc != 0:
-                raise MemoryError()
-            if ord_ == PS_ORDER_RECENT:  # ranked by doc id; report the static score
-                return [self._hit(hits[i].doc, ps_seg_score(self.seg, hits[i].doc))
-                        for i in range(nout)]
-            return [self._hit(hits[i].doc, hits[i].score) for i in range(nout)]
-        finally:
-            ps_q_free(node)
-            PyMem_Free(hits)
+        return search_view((self,), query, k, order)
 
     def count(self, query):
         """Number of live documents matching."""
-        cdef uint64_t n = 0
-        cdef int rc
-        cdef ps_qnode *node = _compile(query)
-        with nogil:
-            rc = ps_q_count(self.seg, node, &n)
-            ps_q_free(node)
-        if rc != 0:
-            raise MemoryError()
-        return n
+        return count_view((self,), query)
 
     def get(self, key):
         """The key's live document as a Hit (score = static score), or None."""

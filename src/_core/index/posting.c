@@ -343,6 +343,20 @@ uint32_t ps_post_iter_skip_block(ps_post_iter *it) {
     return iter_settle(it);
 }
 
+/* Fold one block's maxima into the running bounds. */
+static inline void fold_meta(const ps_block_meta *m, double *max_score, uint32_t *max_tf,
+                             uint32_t *min_dl) {
+    double sc = bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed));
+    uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
+    uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
+    if (sc > *max_score)
+        *max_score = sc;
+    if (tf > *max_tf)
+        *max_tf = tf;
+    if (dl < *min_dl)
+        *min_dl = dl;
+}
+
 int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
                         uint32_t *max_tf, uint32_t *min_dl) {
     if (it->doc == PS_DOC_END)
@@ -351,16 +365,7 @@ int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
         if (it->fskip == NULL)
             return 0;
         for (uint32_t b = it->b; b < it->nbuckets; b++) {
-            const ps_block_meta *m = &it->fskip[b].meta;
-            double sc = bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed));
-            uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
-            uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
-            if (sc > *max_score)
-                *max_score = sc;
-            if (tf > *max_tf)
-                *max_tf = tf;
-            if (dl < *min_dl)
-                *min_dl = dl;
+            fold_meta(&it->fskip[b].meta, max_score, max_tf, min_dl);
             if (it->fskip[b].last_doc >= end)
                 break;
         }
@@ -376,16 +381,7 @@ int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
         uint32_t in_bucket = it->n - start < cap ? it->n - start : cap;
         uint32_t nblk = (in_bucket + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
         for (; blk < nblk; blk++) {
-            const ps_block_meta *m = &meta[blk];
-            double sc = bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed));
-            uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
-            uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
-            if (sc > *max_score)
-                *max_score = sc;
-            if (tf > *max_tf)
-                *max_tf = tf;
-            if (dl < *min_dl)
-                *min_dl = dl;
+            fold_meta(&meta[blk], max_score, max_tf, min_dl);
             uint32_t last = (blk + 1) * PS_POST_BLOCK;
             if (docs[(last < in_bucket ? last : in_bucket) - 1] >= end)
                 return 1;

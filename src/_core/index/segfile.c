@@ -247,6 +247,20 @@ static int cmp_tsrc(const void *x, const void *y) {
     return a->input < b->input ? -1 : a->input > b->input;
 }
 
+/* Open an iterator over term t's postings: the skip table (more than one
+ * block), then the blocks. */
+static void open_term(const ps_fseg *f, uint64_t t, ps_post_iter *it) {
+    const ps_sf_termrec *tr = &f->terms[t];
+    uint32_t nb = (tr->df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
+    const uint8_t *p = f->post + tr->off;
+    const ps_sf_skip *sk = NULL;
+    if (nb > 1) {
+        sk = (const ps_sf_skip *)p;
+        p += nb * sizeof(ps_sf_skip);
+    }
+    ps_post_iter_open_file(it, p, sk, tr->df);
+}
+
 /* ---- bit packing ------------------------------------------------------------ */
 
 static inline uint32_t bits_for(uint32_t v) {
@@ -602,16 +616,7 @@ int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
             if (t->post != NULL) {
                 ps_post_iter_open(&it, t->post, lim[t->input]);
             } else {
-                const ps_fseg *f = in[t->input].f;
-                const ps_sf_termrec *tr = &f->terms[t->term];
-                uint32_t nb = (tr->df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
-                const uint8_t *p = f->post + tr->off;
-                const ps_sf_skip *sk = NULL;
-                if (nb > 1) {
-                    sk = (const ps_sf_skip *)p;
-                    p += nb * sizeof(ps_sf_skip);
-                }
-                ps_post_iter_open_file(&it, p, sk, tr->df);
+                open_term(in[t->input].f, t->term, &it);
             }
             const uint32_t *m = map[t->input];
             for (uint32_t d = it.doc; d != PS_DOC_END; d = ps_post_iter_next(&it)) {
@@ -1027,15 +1032,7 @@ int ps_fseg_postings(const ps_fseg *f, const char *term, uint32_t len, ps_post_i
     int64_t t = find_term(f, term, len);
     if (t < 0)
         return -1;
-    const ps_sf_termrec *tr = &f->terms[t];
-    uint32_t nb = (tr->df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
-    const uint8_t *p = f->post + tr->off;
-    const ps_sf_skip *sk = NULL;
-    if (nb > 1) {
-        sk = (const ps_sf_skip *)p;
-        p += nb * sizeof(ps_sf_skip);
-    }
-    ps_post_iter_open_file(it, p, sk, tr->df);
+    open_term(f, (uint64_t)t, it);
     return 0;
 }
 

@@ -87,6 +87,7 @@ from pinstack._core._index import (
     write_segment,
 )
 from pinstack.leaf.message import ApplyResult, Op, apply_ops
+from pinstack.leaf.stream.log import _fsync_dir
 
 __all__ = ["Engine", "EngineError", "Hit"]
 
@@ -101,14 +102,6 @@ _SEGMENT_NAME = re.compile(r"^(\d{8})\.pss$")
 class EngineError(RuntimeError):
     """The engine cannot do what was asked (closed, a manifest it cannot
     read, a flush that failed)."""
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Sealed:
@@ -436,13 +429,18 @@ class Engine:
                 if self._closed:
                     return
 
-    def _flush_one(self, item: _Sealed) -> None:
-        t0 = time.monotonic()
+    def _write_and_swap(self, inputs: list[Any], swap: Any, note: str,
+                        rate: int = 0) -> tuple[dict[str, int], str]:
+        """Write inputs as a new segment file (C, GIL released; no faster
+        than rate bytes/s), then, holding the manifest lock and the apply
+        lock, carry over the deletes that landed on the inputs meanwhile,
+        swap(file) it in, publish the view, and write the manifest (then
+        collect what it no longer names). Returns (stats, path)."""
         with self._apply_lock:
             path = self._new_path()
             snap = view_snapshot(self._view)
         try:
-            stats, remap = write_segment(path, [item.segment], snap)
+            stats, remap = write_segment(path, inputs, snap, max_bytes_per_sec=rate)
             f = SegmentFile(path)
         except BaseException:
             self._done_path(path)
@@ -451,14 +449,23 @@ class Engine:
             self._done_path(path)
             with self._apply_lock:
                 remap.carry(f)
-                self._files.append(f)
-                self._sealed.remove(item)
-                self._checkpoint = dict(item.positions)
+                swap(f)
                 self._publish()
                 files, checkpoint = list(self._files), dict(self._checkpoint)
                 self._cond.notify_all()
-            self._write_manifest(files, checkpoint, note="flush")
+            self._write_manifest(files, checkpoint, note=note)
             self._collect_garbage({os.path.basename(x.path) for x in files})
+        return stats, path
+
+    def _flush_one(self, item: _Sealed) -> None:
+        t0 = time.monotonic()
+
+        def swap(f: SegmentFile) -> None:
+            self._files.append(f)
+            self._sealed.remove(item)
+            self._checkpoint = dict(item.positions)
+
+        stats, path = self._write_and_swap([item.segment], swap, "flush")
         dt = time.monotonic() - t0
         with self._apply_lock:
             self.counters["flushes"] += 1
@@ -558,32 +565,22 @@ class Engine:
         t0 = time.monotonic()
         with self._apply_lock:
             inputs = self._files[i:j]
-            path = self._new_path()
-            snap = view_snapshot(self._view)
-        try:
-            stats, remap = write_segment(path, inputs, snap,
-                                         max_bytes_per_sec=self.compaction_bytes_per_sec)
-            f = SegmentFile(path)
-        except BaseException:
-            self._done_path(path)
-            raise
-        with self._manifest_lock:
-            self._done_path(path)
-            with self._apply_lock:
-                # Only the flush appends meanwhile: inputs are still at i:j.
-                assert self._files[i:j] == inputs
-                remap.carry(f)
-                self._files[i:j] = [f]
-                self._publish()
-                files, checkpoint = list(self._files), dict(self._checkpoint)
-            self._write_manifest(files, checkpoint, note="compaction")
-            self._collect_garbage({os.path.basename(x.path) for x in files})
+
+        def swap(f: SegmentFile) -> None:
+            # One compaction at a time, and the flush only appends: the
+            # inputs are still at i:j.
+            assert self._files[i:j] == inputs
+            self._files[i:j] = [f]
+
+        stats, path = self._write_and_swap(inputs, swap, "compaction",
+                                           rate=self.compaction_bytes_per_sec)
         dt = time.monotonic() - t0
-        self.counters["compactions"] += 1
-        self.counters["compaction_seconds"] += dt
-        self.counters["compaction_last_seconds"] = dt
-        self.counters["compaction_bytes"] += stats["bytes"]
-        self.counters["compaction_docs_dropped"] += stats["dropped"]
+        with self._apply_lock:
+            self.counters["compactions"] += 1
+            self.counters["compaction_seconds"] += dt
+            self.counters["compaction_last_seconds"] = dt
+            self.counters["compaction_bytes"] += stats["bytes"]
+            self.counters["compaction_docs_dropped"] += stats["dropped"]
         log.info("compacted %d files into %s (%d documents, %d dropped) in %.3fs",
                  j - i, path, stats["docs"], stats["dropped"], dt)
 
