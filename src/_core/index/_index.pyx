@@ -362,8 +362,6 @@ cdef class RealtimeSegment:
         cdef int rc
         cdef Py_ssize_t at = 0
         cdef _Sources olds = None
-        cdef ps_src_list lst
-        cdef ps_older ol
         cdef const ps_older *olp = NULL
         err[0] = 0
         if n == 0:
@@ -371,11 +369,7 @@ cdef class RealtimeSegment:
             return 0
         if older:
             olds = _Sources(older)
-            lst.src = olds.src
-            lst.n = olds.n
-            ol.fn = ps_src_older_lookup
-            ol.arg = &lst
-            olp = &ol
+            olp = olds.as_older()
         if n > 0xFFFFFFFF:
             raise ValueError("batch too large")
         keep = []  # terms tuples, so their items outlive the C call
@@ -459,8 +453,6 @@ cdef class RealtimeSegment:
         """Delete the key's live document (versioned: only if not newer). True if deleted.
         older: as for add_batch."""
         cdef _Sources olds = None
-        cdef ps_src_list lst
-        cdef ps_older ol
         cdef const ps_older *olp = NULL
         cdef Py_ssize_t n
         cdef const char *p = _buf(key, &n, "key")
@@ -473,11 +465,7 @@ cdef class RealtimeSegment:
             raise ValueError(f"key must be 1..{PS_KEY_MAX} bytes (got {n})")
         if older:
             olds = _Sources(older)
-            lst.src = olds.src
-            lst.n = olds.n
-            ol.fn = ps_src_older_lookup
-            ol.arg = &lst
-            olp = &ol
+            olp = olds.as_older()
         with nogil:
             rc = ps_seg_delete(self.seg, p, <uint32_t>n, has_version, v, olp, &deleted, err,
                                ERRLEN)
@@ -633,6 +621,8 @@ cdef class _Sources:
     cdef ps_src *src
     cdef uint32_t n
     cdef tuple objs
+    cdef ps_src_list lst
+    cdef ps_older ol
 
     def __cinit__(self, sources):
         self.objs = tuple(sources)
@@ -654,6 +644,15 @@ cdef class _Sources:
 
     def __dealloc__(self):
         PyMem_Free(self.src)
+
+    cdef const ps_older *as_older(self):
+        """These sources, NEWEST first, as the segment's lookup into older
+        segments (valid while this object lives)."""
+        self.lst.src = self.src
+        self.lst.n = self.n
+        self.ol.fn = ps_src_older_lookup
+        self.ol.arg = &self.lst
+        return &self.ol
 
     cdef object hit(self, uint32_t i, uint32_t doc, double score):
         o = self.objs[i]
