@@ -1,9 +1,12 @@
 /*
  * query.c - query trees, the human-syntax parser, and execution (count,
- * top-K by static score / BM25 / recency) over a realtime segment. The
- * concurrency contract is in query.h: one committed watermark per query,
- * loaded with acquire before any posting list is opened; the query runs
- * inside a generation read section; nothing here writes shared memory.
+ * top-K by static score / BM25 / recency) over a view: realtime segments
+ * and segment files, oldest first (one segment is a view of one). The
+ * concurrency contract is in query.h: one snapshot per query, taken from
+ * the newest realtime segment's watermark (acquire) before any posting
+ * list is opened; each realtime source is read inside its generation read
+ * section; deletion stamps are read relaxed against the snapshot; nothing
+ * here writes shared memory.
  */
 #include "query.h"
 

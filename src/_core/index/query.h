@@ -1,6 +1,7 @@
 /*
- * query.h - queries over a realtime segment: the query tree, its parser,
- * and count / top-K execution.
+ * query.h - queries over a view of segments (realtime segments and segment
+ * files, segfile.h): the query tree, its parser, and count / top-K
+ * execution.
  *
  * A query is a tree of ps_qnode: TERM (exact bytes), AND, OR (one or more
  * children), ANDNOT (include, exclude), ALL (every document). The tree is
@@ -9,13 +10,16 @@
  * the Cython layer); it owns its term bytes and is freed with ps_q_free.
  *
  * Execution (query.c) compiles the tree into iterators over posting
- * snapshots: TERM walks one posting list and leaps with its skip list;
- * AND leapfrogs its children, rarest first; OR merges; ANDNOT skips what
- * the exclude side reaches. The whole query sees one committed-document
- * watermark, loaded once (acquire) at the start: documents are either
- * entirely in or entirely out. Deleted documents are filtered by the
- * collector (count, top-K); a delete landing during the query may or may
- * not be seen, as with any concurrent read.
+ * snapshots, source by source: TERM walks one posting list (a realtime
+ * bucket list or a file's blocks) and leaps with its skip list; AND
+ * leapfrogs its children, rarest first; OR merges; ANDNOT skips what the
+ * exclude side reaches. The whole query sees one snapshot: the newest
+ * realtime segment's committed watermark, loaded once (acquire) at the
+ * start, as the global sequence base + W (segment.h): documents are either
+ * entirely in or entirely out, and a key being updated shows one version.
+ * Deleted documents are filtered by the collector (count, top-K) against
+ * that snapshot. BM25 statistics (N, avgdl, df) are the whole view's, and
+ * one top-K heap is shared by all sources.
  *
  * Threads: any number of queries at once, on any threads, concurrently
  * with the writers; each runs inside a generation read section and takes

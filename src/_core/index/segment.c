@@ -6,8 +6,10 @@
  *
  * Commit step (commit_range, key_lock held): add the documents' text
  * lengths to dl_committed; for each newly committed document n, point its
- * key at it and give the document it replaces deleted_at = n + 1; then
- * release-store the new `committed`. See segment.h for why a reader then
+ * key at it and give the document it replaces, in this segment or in an
+ * older one (found through ps_older_fn when the key first came here),
+ * deleted_at = base + n + 1 (relaxed); then release-store the new
+ * `committed`. See segment.h for why a reader then
  * sees exactly one version of a key being updated.
  *
  * In batch mode each shard publishes `progress` (release) as it passes a
