@@ -210,6 +210,31 @@ def test_file_answers_like_the_segment_it_was_written_from(tmp_path):
     assert f.get("nope") is None
 
 
+def test_ties_across_a_file_and_an_active_segment_rank_the_newest_first(tmp_path):
+    """Documents that score exactly alike in a file (many blocks) and in the
+    active segment after it: top-K by every order is the newest live ones,
+    the active segment's first, then the file's from its end, though blocks
+    and ranges whose bound only ties the worst kept hit are skipped."""
+    old = RealtimeSegment(writer_threads=2, base=1)
+    old.add_batch([(f"f{i}", 1, "alike words", ["tag:t"], 1.0, b"") for i in range(4000)])
+    old.seal()
+    path = str(tmp_path / "ties.pss")
+    write_segment(path, [old], view_snapshot([old]))
+    f = SegmentFile(path)
+    active = RealtimeSegment(writer_threads=2, base=old.seq_end)
+    for n_active in (0, 3, 300):
+        if n_active:
+            active.add_batch([(f"a{i}", 1, "alike words", ["tag:t"], 1.0, b"")
+                              for i in range(len(active), n_active)], older=[f])
+        want = [f"a{i}".encode() for i in reversed(range(n_active))]
+        want += [f"f{i}".encode() for i in reversed(range(4000))]
+        for q in ("tag:t", "alike", "alike tag:t", "tag:t OR words", "alike -nothing"):
+            for order in ("score", "bm25", "recent"):
+                for k in (1, 10, 500):
+                    got = [h.key for h in search_view([f, active], q, k, order)]
+                    assert got == want[:k], (n_active, q, order, k)
+
+
 def test_write_refuses_an_unsealed_segment_and_an_unwritable_path(tmp_path):
     seg = RealtimeSegment()
     seg.add("a", 1, text="x")

@@ -536,6 +536,32 @@ def test_top_k_over_many_posting_blocks_agrees_with_the_model():
                 check_search(both.seg, both.model, q, k, order, ranked)
 
 
+def test_top_k_of_ties_over_many_blocks_is_the_newest():
+    """Thousands of documents that score exactly alike (one tag, the same
+    length, the same static score): top-K must be the k newest live ones,
+    in every order, though a block or range whose bound only equals the
+    worst kept hit is skipped (query.c walks newest first, so a tie never
+    displaces what it keeps). Some documents tie higher, some are deleted,
+    some updated."""
+    both = Both(writer_threads=2)
+    docs = [(f"k{i}", 1, "same length text", ["tag:x"], 1.0, b"") for i in range(5000)]
+    docs[1234] = ("k1234", 1, "same", ["tag:x"], 2.0, b"")  # shorter, higher static score
+    docs[77] = ("k77", 1, "same", ["tag:x"], 2.0, b"")
+    for i in range(0, 5000, 1000):
+        both.add_batch(docs[i:i + 1000])
+    for i in range(4990, 5000, 3):
+        both.delete(f"k{i}")
+    both.add("k5", 2, text="same length text", terms=["tag:x"], score=1.0)  # now newest
+    for q in ["tag:x", "tag:x OR same", "tag:x same", "same -length", "text OR length"]:
+        for order in ORDERS:
+            ranked = both.model.scored(q, order)
+            for k in (1, 10, 200):
+                check_search(both.seg, both.model, q, k, order, ranked)
+    top = both.seg.search("tag:x", 10, "bm25")
+    assert [h.key for h in top[:3]] == [b"k1234", b"k77", b"k5"]
+    assert [h.doc_id for h in top[3:]] == sorted((h.doc_id for h in top[3:]), reverse=True)
+
+
 def test_unknown_order_raises(seg):
     seg.add("k", 1)
     for order in ["", "Score", "BM25", "relevance", "newest"]:

@@ -306,6 +306,125 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
     return iter_settle(it);
 }
 
+uint32_t ps_post_iter_seek(ps_post_iter *it, uint32_t target, uint32_t limit) {
+    it->limit = limit;
+    if (it->n == 0 || target >= limit) {
+        it->doc = PS_DOC_END;
+        return PS_DOC_END;
+    }
+    if (it->fdata != NULL) {
+        /* The first block whose last doc is >= target. The buffer always
+         * holds block it->b (decoded at open, kept at the end). */
+        uint32_t blk = 0;
+        if (it->fskip != NULL) {
+            uint32_t lo = 0, hi = it->nbuckets;
+            while (lo < hi) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (it->fskip[mid].last_doc < target)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            if (lo >= it->nbuckets) {
+                it->doc = PS_DOC_END;
+                return PS_DOC_END;
+            }
+            blk = lo;
+        }
+        if (blk != it->b)
+            fiter_enter(it, blk);
+        uint32_t k = lower_bound(it->docs, 0, it->bucket_n, target);
+        if (k == it->bucket_n) {  /* one block, all below target */
+            it->off = it->bucket_n - 1;
+            it->doc = PS_DOC_END;
+            return PS_DOC_END;
+        }
+        it->off = k;
+        it->i = it->b * PS_POST_BLOCK + k;
+        return iter_settle(it);
+    }
+    /* The last bucket whose first doc is <= target (bucket 0 if none). */
+    uint32_t lo = 0, hi = it->nbuckets;
+    while (lo + 1 < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (it->dir[mid].first_doc <= target)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    iter_enter_bucket(it, lo, 0);
+    uint32_t k = lower_bound(it->docs, 0, it->bucket_n, target);
+    if (k == it->bucket_n) {
+        /* All of this bucket is below target: the next one's first doc
+         * is above it (or there is none). */
+        it->off = it->bucket_n - 1;
+        it->i = bucket_start(it->b) + it->off;
+        return ps_post_iter_next_bucket(it);
+    }
+    it->off = k;
+    it->i = bucket_start(it->b) + k;
+    return iter_settle(it);
+}
+
+uint32_t ps_post_iter_nblocks(const ps_post_iter *it) {
+    if (it->n == 0)
+        return 0;
+    if (it->fdata != NULL)
+        return it->nbuckets;
+    if (it->n <= PS_POST_SMALL)
+        return 1;
+    return 1 + (it->n - PS_POST_SMALL + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
+}
+
+/* The doc id of entry idx of a realtime list, without moving. */
+static inline uint32_t rt_doc_at(const ps_post_iter *it, uint32_t idx) {
+    uint32_t b, off;
+    ps_post_locate(idx, &b, &off);
+    return it->dir[b].docs[off];
+}
+
+const ps_block_meta *ps_post_iter_block_info(const ps_post_iter *it, uint32_t m,
+                                             uint32_t *first, uint32_t *end,
+                                             uint32_t *last_doc) {
+    if (it->fdata != NULL) {
+        *first = m * PS_POST_BLOCK;
+        *end = *first + PS_POST_BLOCK < it->n ? *first + PS_POST_BLOCK : it->n;
+        if (it->fskip == NULL) {  /* one block: its last doc is in the buffer */
+            *last_doc = it->docs[it->bucket_n - 1];
+            return NULL;
+        }
+        *last_doc = it->fskip[m].last_doc;
+        return &it->fskip[m].meta;
+    }
+    if (m == 0) {
+        *first = 0;
+        *end = it->n < PS_POST_SMALL ? it->n : PS_POST_SMALL;
+        *last_doc = rt_doc_at(it, *end - 1);
+        return NULL;
+    }
+    *first = PS_POST_SMALL + (m - 1) * PS_POST_BLOCK;
+    *end = *first + PS_POST_BLOCK < it->n ? *first + PS_POST_BLOCK : it->n;
+    *last_doc = rt_doc_at(it, *end - 1);
+    uint32_t b, off;
+    ps_post_locate(*first, &b, &off);
+    return &ps_bucket_meta(it->dir[b].docs, b)[off / PS_POST_BLOCK];
+}
+
+uint32_t ps_post_iter_goto(ps_post_iter *it, uint32_t idx) {
+    if (it->fdata != NULL) {
+        uint32_t blk = idx / PS_POST_BLOCK;
+        if (blk != it->b)
+            fiter_enter(it, blk);
+        it->off = idx % PS_POST_BLOCK;
+        it->i = idx;
+        return iter_settle(it);
+    }
+    uint32_t b, off;
+    ps_post_locate(idx, &b, &off);
+    iter_enter_bucket(it, b, off);
+    return iter_settle(it);
+}
+
 uint32_t ps_post_iter_count(const ps_post_iter *it) {
     if (it->n == 0 || it->fdata != NULL)
         return it->n;  /* a file list is all below its segment's limit */

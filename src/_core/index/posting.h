@@ -197,6 +197,33 @@ uint32_t ps_post_iter_skip_block(ps_post_iter *it);
  * Returns 0 if one of those blocks keeps no maxima (a small bucket). */
 int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
                         uint32_t *max_tf, uint32_t *min_dl);
+/* Reposition at the first entry with doc >= target, before or after the
+ * current one (random access: a binary search of the bucket directory or
+ * the file's skip entries, then of one bucket or block), and make `limit`
+ * the iterator's new end: doc ids >= limit are past it. limit must not
+ * exceed the snapshot's limit the iterator was opened with (the caller
+ * keeps that: it is the query's, not the list's). Top-K walks a source's
+ * doc ids in descending ranges this way (query.c). */
+uint32_t ps_post_iter_seek(ps_post_iter *it, uint32_t target, uint32_t limit);
+/*
+ * Blocks, by number, for walking a list backward a block at a time (top-K
+ * over one term, query.c). A file list's block m holds entries
+ * [128m, 128m + 128); a realtime list's block 0 holds its first
+ * PS_POST_SMALL entries (the buckets too small to keep maxima) and block
+ * m >= 1 entries [PS_POST_SMALL + 128(m - 1), PS_POST_SMALL + 128m): every
+ * bucket from PS_POST_META_MIN_BUCKET on starts on such a boundary. All
+ * cut at the snapshot's size.
+ */
+#define PS_POST_SMALL 124u  /* 4 + 8 + 16 + 32 + 64: buckets 0..4 */
+uint32_t ps_post_iter_nblocks(const ps_post_iter *it);
+/* Entries [*first, *end) of block m, its maxima (NULL when it keeps none)
+ * and its last doc id (of the snapshot; may be >= the iterator's limit). */
+const ps_block_meta *ps_post_iter_block_info(const ps_post_iter *it, uint32_t m,
+                                             uint32_t *first, uint32_t *end,
+                                             uint32_t *last_doc);
+/* Stand on entry idx (< the snapshot's size), before or after the current
+ * one; its doc, or PS_DOC_END if that is at or past the limit. */
+uint32_t ps_post_iter_goto(ps_post_iter *it, uint32_t idx);
 /* Entries of the snapshot with doc < limit, without walking them. */
 uint32_t ps_post_iter_count(const ps_post_iter *it);
 /* First entry with doc >= target, using the skip list to leap over whole

@@ -481,7 +481,8 @@ typedef struct qexec {
     int order;          /* PS_ORDER_* of a search; -1 for count */
     const struct qit *root;
     bool have_threshold;  /* the top-K heap is full: ... */
-    double threshold;     /* ... and this is its worst score */
+    const struct ps_hit *worst;  /* ... and this is its worst hit (heap root) */
+    uint32_t src_index;   /* this source's place in the view (ties: newer first) */
     double k1p1;        /* k1 + 1 */
     double norm[NORM_TABLE];  /* k1 * (1 - b + b * dl / avgdl) for small dl */
 } qexec;
@@ -624,6 +625,8 @@ static void win_drain(qit *it, qit *c, uint64_t *bits, uint32_t base, uint64_t e
  */
 #define PRUNE_WINDOW 512u
 
+static inline int better(const ps_hit *a, const ps_hit *b);
+
 static inline bool window_pruning_on(const qit *it) {
     const qexec *ex = it->ex;
     return it == ex->root && ex->have_threshold && ex->order != PS_ORDER_RECENT;
@@ -648,7 +651,12 @@ static bool window_prunable(const qit *it, uint64_t end) {
             best_static = max_score;
         bound += bm25(ex, c->idf, max_tf, dl_norm(ex, min_dl));
     }
-    return (ex->order == PS_ORDER_SCORE ? best_static : bound) < ex->threshold;
+    /* The best a document of the window could be: the bound, at its
+     * newest doc id. */
+    uint64_t last = end < it->limit ? end : it->limit;
+    ps_hit best = {.score = ex->order == PS_ORDER_SCORE ? best_static : bound,
+                   .src = ex->src_index, .doc = (uint32_t)(last - 1)};
+    return !better(&best, ex->worst);
 }
 
 /* Start the next window and fill it: for OR at the lowest operand doc,
@@ -949,6 +957,106 @@ static double it_score(const qit *it, uint32_t doc, double norm) {
 }
 
 /*
+ * Ranges. Top-K by score or BM25 walks a source's doc ids in descending
+ * ranges [lo, hi), each range forward, all into one heap. Ties rank the
+ * newer document first (better() below), so once the heap is full, a
+ * range whose best possible score is at most the worst kept one cannot
+ * place a document: everything kept already is newer than all of the
+ * range. Walking forward instead, an equal score would still enter (a
+ * later doc wins the tie), and a term whose documents mostly share the
+ * top score (a tag, whose BM25 depends on the length alone) could prune
+ * nothing. it_reset positions a compiled tree at the first match >= lo
+ * with every iterator ending at hi; it_bound folds the block maxima of the
+ * range into a bound on any document's score there.
+ */
+static void it_reset(qit *it, uint32_t lo, uint32_t hi) {
+    it->limit = hi;
+    switch (it->kind) {
+    case PS_Q_TERM:
+        it->doc = ps_post_iter_seek(&it->post, lo, hi);
+        return;
+    case PS_Q_ALL:
+        it->doc = lo < hi ? lo : PS_DOC_END;
+        return;
+    case IT_EMPTY:
+        return;
+    default:
+        break;
+    }
+    for (uint32_t i = 0; i < it->n; i++)
+        it_reset(it->c[i], lo, hi);
+    if (it->win != NULL) {
+        win_fill(it);
+        return;
+    }
+    switch (it->kind) {
+    case PS_Q_AND:
+        and_align(it);
+        break;
+    case PS_Q_OR:
+        or_min(it);
+        break;
+    case PS_Q_ANDNOT:
+        andnot_align(it);
+        break;
+    }
+}
+
+/* An upper bound on the score (BM25, or static score) of any match of `it`
+ * in [lo, hi), into *ub (INFINITY when some posting block keeps no
+ * maxima). false when nothing in the range can match (a TERM without
+ * postings there, an AND with such an operand). Leaves TERM iterators
+ * seeked to lo, ending at hi: it_reset follows before any matching. */
+static bool it_bound(qit *it, uint32_t lo, uint32_t hi, double *ub) {
+    const qexec *ex = it->ex;
+    const bool bm = ex->order == PS_ORDER_BM25;
+    switch (it->kind) {
+    case PS_Q_TERM: {
+        if (ps_post_iter_seek(&it->post, lo, hi) == PS_DOC_END)
+            return false;
+        double max_score = -INFINITY;
+        uint32_t max_tf = 0, min_dl = UINT32_MAX;
+        if (!ps_post_iter_bounds(&it->post, hi, &max_score, &max_tf, &min_dl))
+            *ub = INFINITY;
+        else
+            *ub = bm ? bm25(ex, it->idf, max_tf, dl_norm(ex, min_dl)) : max_score;
+        return true;
+    }
+    case PS_Q_ALL:
+        *ub = bm ? 0.0 : INFINITY;  /* `*` adds nothing to BM25 */
+        return lo < hi;
+    case PS_Q_AND: {
+        double acc = bm ? 0.0 : INFINITY;
+        for (uint32_t i = 0; i < it->n; i++) {
+            double c;
+            if (!it_bound(it->c[i], lo, hi, &c))
+                return false;
+            acc = bm ? acc + c : (c < acc ? c : acc);
+        }
+        *ub = acc;
+        return true;
+    }
+    case PS_Q_OR: {
+        double acc = bm ? 0.0 : -INFINITY;
+        bool any = false;
+        for (uint32_t i = 0; i < it->n; i++) {
+            double c;
+            if (!it_bound(it->c[i], lo, hi, &c))
+                continue;
+            any = true;
+            acc = bm ? acc + c : (c > acc ? c : acc);
+        }
+        *ub = acc;
+        return any;
+    }
+    case PS_Q_ANDNOT:
+        return it_bound(it->c[0], lo, hi, ub);
+    default:
+        return false;
+    }
+}
+
+/*
  * A view: the sources one query runs over, oldest first, and what they
  * share. The snapshot is taken once, before anything else: the newest
  * realtime source's committed watermark (acquire) gives snap = base + W;
@@ -1065,7 +1173,8 @@ static qit *exec_open(qexec *ex, const view *v, uint32_t i, const ps_qnode *q, b
     ex->order = -1;
     ex->root = NULL;
     ex->have_threshold = false;
-    ex->threshold = 0.0;
+    ex->worst = NULL;
+    ex->src_index = i;
     ex->limit = v->limit[i];
     ex->snap = v->snap;
     ex->idfs = v->idfs;
@@ -1178,7 +1287,125 @@ static int cmp_best_first(const void *a, const void *b) {
     return better(x, y) ? -1 : better(y, x) ? 1 : 0;
 }
 
-/* Search source i of the view into the shared heap out[0..*n). */
+/* Offer one match to the heap out[0..*n) of capacity k. */
+static inline void heap_offer(ps_hit *out, uint32_t *np, uint32_t k, const ps_hit *cand) {
+    uint32_t n = *np;
+    if (n < k) {
+        out[n] = *cand;
+        sift_up(out, n);
+        *np = n + 1;
+    } else if (better(cand, &out[0])) {
+        out[0] = *cand;
+        sift_down(out, n, 0);
+    }
+}
+
+/* A match's score in the order asked. */
+static inline double match_score(const qexec *ex, const qit *it, uint32_t doc, uint64_t doc_base) {
+    switch (ex->order) {
+    case PS_ORDER_SCORE:
+        return doc_score(ex, doc);
+    case PS_ORDER_RECENT:
+        return (double)(doc_base + doc);
+    default:
+        if (it->kind == PS_Q_TERM)
+            return bm25(ex, it->idf, ps_post_iter_tf(&it->post), doc_norm(ex, doc));
+        return it_score(it, doc, doc_norm(ex, doc));
+    }
+}
+
+/* The heap is full: remember its worst hit for pruning. */
+static inline void note_heap(qexec *ex, const ps_hit *out, uint32_t n, uint32_t k) {
+    if (n == k) {
+        ex->have_threshold = true;
+        ex->worst = &out[0];
+    }
+}
+
+/*
+ * Top-K of a one-term query over one source: its posting blocks from the
+ * last to the first, each forward. Before a block is read, the best hit it
+ * could give (its maxima's bound, at its last doc id) is compared with
+ * the worst kept one; if it would not be better, the block is skipped
+ * without touching its entries (block-max pruning), and for order=recent
+ * the walk ends there.
+ */
+static void search_term(qexec *ex, qit *it, uint64_t doc_base, bool check_deleted,
+                        ps_hit *out, uint32_t *np, uint32_t k) {
+    ps_post_iter *p = &it->post;
+    const uint32_t nb = ps_post_iter_nblocks(p);
+    uint32_t n = *np;
+    for (uint32_t m = nb; m-- > 0;) {
+        uint32_t first, end, last;
+        const ps_block_meta *meta = ps_post_iter_block_info(p, m, &first, &end, &last);
+        if (n == k) {
+            ps_hit best = {.src = ex->src_index, .doc = last < ex->limit ? last : ex->limit - 1};
+            if (ex->order == PS_ORDER_RECENT) {
+                best.score = (double)(doc_base + best.doc);
+                if (!better(&best, &out[0]))
+                    break;  /* older blocks only score lower */
+            } else if (meta != NULL) {
+                if (ex->order == PS_ORDER_SCORE) {
+                    uint64_t bits = atomic_load_explicit(&meta->max_score, memory_order_relaxed);
+                    memcpy(&best.score, &bits, sizeof(best.score));
+                } else {
+                    uint32_t tf = atomic_load_explicit(&meta->max_tf, memory_order_relaxed);
+                    uint32_t dl = atomic_load_explicit(&meta->min_dl, memory_order_relaxed);
+                    best.score = bm25(ex, it->idf, tf, dl_norm(ex, dl));
+                }
+                if (!better(&best, &out[0]))
+                    continue;
+            }
+        }
+        uint32_t d = ps_post_iter_goto(p, first);
+        for (uint32_t j = first; d != PS_DOC_END;) {
+            if (!check_deleted || !doc_deleted(ex, d)) {
+                /* No deduplication by key is needed: deletes are versioned
+                 * by the snapshot (segment.h), so this query sees one
+                 * version per key. */
+                ps_hit cand = {.src = ex->src_index, .doc = d,
+                               .score = match_score(ex, it, d, doc_base)};
+                heap_offer(out, &n, k, &cand);
+            }
+            if (++j == end)
+                break;
+            d = ps_post_iter_next(p);  /* crosses a bucket only in realtime block 0 */
+        }
+        note_heap(ex, out, n, k);
+    }
+    *np = n;
+}
+
+/* Width of the doc-id ranges of a multi-term top-K: small enough that a
+ * range's bound (the operands' block maxima folded over it) can fall below
+ * the heap, wide enough that seeking every operand per range stays cheap;
+ * inside a range, OR windows prune at PRUNE_WINDOW. Lists of a few blocks
+ * get one range. */
+#define RANGE_MIN 4096u
+#define RANGE_BLOCKS 8u
+
+static uint32_t range_width(const qit *it, uint32_t limit) {
+    uint64_t cost = it->cost;  /* estimated matches: AND its rarest, OR the sum */
+    if (cost <= 4 * PS_POST_BLOCK || limit <= RANGE_MIN)
+        return limit > 0 ? limit : 1;
+    uint64_t w = (uint64_t)RANGE_BLOCKS * PS_POST_BLOCK * limit / cost;
+    return w < RANGE_MIN ? RANGE_MIN : w > limit ? limit : (uint32_t)w;
+}
+
+/*
+ * Search source i of the view into the shared heap out[0..*n), newest
+ * documents first: one-term queries block by block backward
+ * (search_term), others in descending doc-id ranges (it_reset), each
+ * range forward. Sources are searched newest first too
+ * (ps_q_search_view), so whatever the heap holds is newer than every
+ * document still to come, and ties rank the newer document first
+ * (better()): a block or range whose bound does not beat the worst kept
+ * hit cannot place a document, even at an equal score, and is skipped.
+ * (Walking forward, an equal score would still enter, and a term whose
+ * documents mostly share the top score, a tag, whose BM25 depends on the
+ * length alone, could prune nothing.) For order=recent the first k
+ * matches are the answer.
+ */
 static int search_one(const view *v, uint32_t i, const ps_qnode *q, uint32_t k, int order,
                       uint64_t doc_base, ps_hit *out, uint32_t *np) {
     qexec ex;
@@ -1188,69 +1415,41 @@ static int search_one(const view *v, uint32_t i, const ps_qnode *q, uint32_t k, 
     uint32_t n = *np;
     ex.order = order;
     ex.root = it;
-    if (n == k) {  /* the heap is full from older sources: prune from the start */
-        ex.have_threshold = true;
-        ex.threshold = out[0].score;
-    }
-    const bool term_root = it->kind == PS_Q_TERM;
-    const bool term_bm25 = order == PS_ORDER_BM25 && term_root;
-    /* Block-max pruning for one-term queries: once the heap is full, a
-     * block whose best possible score is below the worst kept hit is
-     * skipped whole (checked once per block). */
-    const bool prune = term_root && order != PS_ORDER_RECENT;
-    uint32_t checked_block = UINT32_MAX;
+    note_heap(&ex, out, n, k);
     const bool check_deleted = source_has_deletes(&v->src[i]);
-    uint32_t d = it->doc;
-    while (d != PS_DOC_END) {
-        if (prune && n == k) {
-            uint32_t block = (it->post.b << 16) | (it->post.off / PS_POST_BLOCK);
-            if (block != checked_block) {
-                checked_block = block;
-                const ps_block_meta *m = ps_post_iter_block(&it->post);
-                if (m != NULL) {
-                    double ub;
-                    if (order == PS_ORDER_SCORE) {
-                        uint64_t bits = atomic_load_explicit(&m->max_score, memory_order_relaxed);
-                        memcpy(&ub, &bits, sizeof(ub));
-                    } else {
-                        uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
-                        uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
-                        ub = bm25(&ex, it->idf, tf, dl_norm(&ex, dl));
-                    }
-                    if (ub < out[0].score) {
-                        d = it->doc = ps_post_iter_skip_block(&it->post);
-                        continue;
-                    }
-                }
+    if (it->kind == PS_Q_TERM) {
+        search_term(&ex, it, doc_base, check_deleted, out, &n, k);
+        it_free(it);
+        *np = n;
+        return 0;
+    }
+    const uint32_t width = range_width(it, ex.limit);
+    for (uint32_t hi = ex.limit; hi > 0 && it->kind != IT_EMPTY;) {
+        const uint32_t lo = hi > width ? hi - width : 0;
+        if (n == k) {
+            /* The best any document of the range could be: the bound,
+             * at the range's newest doc id. */
+            ps_hit best = {.src = i, .doc = hi - 1};
+            if (order == PS_ORDER_RECENT)
+                best.score = (double)(doc_base + hi - 1);
+            else if (!it_bound(it, lo, hi, &best.score))
+                goto next_range;
+            if (!better(&best, &out[0])) {
+                if (order == PS_ORDER_RECENT)
+                    break;  /* older ranges only score lower */
+                goto next_range;
             }
         }
-        if (check_deleted && doc_deleted(&ex, d))
-            goto next;
-        ps_hit cand = {.src = i, .doc = d};
-        if (term_bm25)
-            cand.score = bm25(&ex, it->idf, ps_post_iter_tf(&it->post), doc_norm(&ex, d));
-        else if (order == PS_ORDER_SCORE)
-            cand.score = doc_score(&ex, d);
-        else if (order == PS_ORDER_RECENT)
-            cand.score = (double)(doc_base + d);
-        else
-            cand.score = it_score(it, d, doc_norm(&ex, d));
-        /* No deduplication by key is needed: deletes are versioned by the
-         * snapshot (segment.h), so this query sees one version per key. */
-        if (n < k) {
-            out[n] = cand;
-            sift_up(out, n);
-            n++;
-        } else if (better(&cand, &out[0])) {
-            out[0] = cand;
-            sift_down(out, n, 0);
+        it_reset(it, lo, hi);
+        for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it)) {
+            if (check_deleted && doc_deleted(&ex, d))
+                continue;
+            ps_hit cand = {.src = i, .doc = d, .score = match_score(&ex, it, d, doc_base)};
+            heap_offer(out, &n, k, &cand);
+            note_heap(&ex, out, n, k);
         }
-        if (n == k) {
-            ex.have_threshold = true;
-            ex.threshold = out[0].score;
-        }
-    next:
-        d = it_next(it);
+    next_range:
+        hi = lo;
     }
     it_free(it);
     *np = n;
