@@ -1376,6 +1376,120 @@ static void search_term(qexec *ex, qit *it, uint64_t doc_base, bool check_delete
     *np = n;
 }
 
+/*
+ * MaxScore, for BM25 top-K over an OR of terms, range by range. The
+ * operands are sorted by their bound over the range (block maxima); the
+ * weakest ones whose bounds together cannot beat the heap's worst hit are
+ * "non-essential": a document matching only them cannot enter, so
+ * candidates come from the essential operands alone, and a non-essential
+ * one is only advanced to a candidate (strongest first, and not at all once
+ * the candidate's score so far plus what is left cannot enter). When the
+ * rare term of "common OR rare" is all that is essential, the common
+ * term's postings are leapt over, not read. A candidate's score is summed
+ * in the query's operand order, as everywhere else, so equal documents
+ * score bit for bit alike; the pruning tests, whose sums come in another
+ * order, allow MS_SLACK for rounding.
+ */
+#define MS_MAX_TERMS 64u
+#define MS_SLACK (1.0 + 1e-9)
+
+static inline bool ms_can_enter(const qexec *ex, double ub, uint32_t doc) {
+    if (!ex->have_threshold)
+        return true;
+    ps_hit best = {.score = ub * MS_SLACK, .src = ex->src_index, .doc = doc};
+    return better(&best, ex->worst);
+}
+
+static bool maxscore_applies(const qit *it) {
+    if (it->kind != PS_Q_OR || it->n < 2 || it->n > MS_MAX_TERMS ||
+        it->ex->order != PS_ORDER_BM25)
+        return false;
+    for (uint32_t i = 0; i < it->n; i++)
+        if (it->c[i]->kind != PS_Q_TERM && it->c[i]->kind != IT_EMPTY)
+            return false;
+    return true;
+}
+
+static void maxscore_range(qexec *ex, qit *it, uint32_t lo, uint32_t hi, bool check_deleted,
+                           ps_hit *out, uint32_t *np, uint32_t k) {
+    uint32_t ord[MS_MAX_TERMS];   /* operand indexes, by bound ascending */
+    double ub[MS_MAX_TERMS];      /* per operand index */
+    double prefix[MS_MAX_TERMS + 1];  /* prefix[j]: bounds of ord[0..j) */
+    double contrib[MS_MAX_TERMS];
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < it->n; i++) {
+        qit *c = it->c[i];
+        if (c->kind != PS_Q_TERM || ps_post_iter_seek(&c->post, lo, hi) == PS_DOC_END) {
+            c->doc = PS_DOC_END;
+            continue;
+        }
+        c->doc = c->post.doc;
+        double max_score = -INFINITY;
+        uint32_t max_tf = 0, min_dl = UINT32_MAX;
+        ub[i] = ps_post_iter_bounds(&c->post, hi, &max_score, &max_tf, &min_dl)
+                    ? bm25(ex, c->idf, max_tf, dl_norm(ex, min_dl)) : INFINITY;
+        uint32_t j = m++;
+        while (j > 0 && ub[ord[j - 1]] > ub[i]) {
+            ord[j] = ord[j - 1];
+            j--;
+        }
+        ord[j] = i;
+    }
+    prefix[0] = 0.0;
+    for (uint32_t j = 0; j < m; j++)
+        prefix[j + 1] = prefix[j] + ub[ord[j]];
+    /* ord[0..ne) are non-essential: together they cannot place a document
+     * (judged at the range's newest doc id, the most a tie could ask). */
+    uint32_t ne = 0;
+    while (ne < m && !ms_can_enter(ex, prefix[ne + 1], hi - 1))
+        ne++;
+    uint32_t n = *np;
+    while (ne < m) {
+        uint32_t d = PS_DOC_END;
+        for (uint32_t j = ne; j < m; j++)
+            if (it->c[ord[j]]->doc < d)
+                d = it->c[ord[j]]->doc;
+        if (d == PS_DOC_END)
+            break;
+        const double norm = doc_norm(ex, d);
+        double partial = 0.0;
+        for (uint32_t i = 0; i < it->n; i++)
+            contrib[i] = 0.0;
+        for (uint32_t j = ne; j < m; j++) {
+            qit *c = it->c[ord[j]];
+            if (c->doc == d) {
+                contrib[ord[j]] = bm25(ex, c->idf, ps_post_iter_tf(&c->post), norm);
+                partial += contrib[ord[j]];
+                c->doc = ps_post_iter_next(&c->post);
+            }
+        }
+        bool possible = true;
+        for (uint32_t j = ne; j-- > 0;) {
+            if (!ms_can_enter(ex, partial + prefix[j + 1], d)) {
+                possible = false;
+                break;
+            }
+            qit *c = it->c[ord[j]];
+            if (c->doc < d)
+                c->doc = ps_post_iter_advance(&c->post, d);
+            if (c->doc == d) {
+                contrib[ord[j]] = bm25(ex, c->idf, ps_post_iter_tf(&c->post), norm);
+                partial += contrib[ord[j]];
+            }
+        }
+        if (!possible || (check_deleted && doc_deleted(ex, d)))
+            continue;
+        ps_hit cand = {.src = ex->src_index, .doc = d, .score = 0.0};
+        for (uint32_t i = 0; i < it->n; i++)
+            cand.score += contrib[i];  /* operand order: as it_score sums */
+        heap_offer(out, &n, k, &cand);
+        note_heap(ex, out, n, k);
+        while (ne < m && !ms_can_enter(ex, prefix[ne + 1], hi - 1))
+            ne++;
+    }
+    *np = n;
+}
+
 /* Width of the doc-id ranges of a multi-term top-K: small enough that a
  * range's bound (the operands' block maxima folded over it) can fall below
  * the heap, wide enough that seeking every operand per range stays cheap;
@@ -1424,6 +1538,7 @@ static int search_one(const view *v, uint32_t i, const ps_qnode *q, uint32_t k, 
         return 0;
     }
     const uint32_t width = range_width(it, ex.limit);
+    const bool maxscore = maxscore_applies(it);
     for (uint32_t hi = ex.limit; hi > 0 && it->kind != IT_EMPTY;) {
         const uint32_t lo = hi > width ? hi - width : 0;
         if (n == k) {
@@ -1439,6 +1554,10 @@ static int search_one(const view *v, uint32_t i, const ps_qnode *q, uint32_t k, 
                     break;  /* older ranges only score lower */
                 goto next_range;
             }
+        }
+        if (maxscore) {
+            maxscore_range(&ex, it, lo, hi, check_deleted, out, &n, k);
+            goto next_range;
         }
         it_reset(it, lo, hi);
         for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it)) {
