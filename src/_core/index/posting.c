@@ -10,6 +10,7 @@
  */
 #include "posting.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -231,16 +232,20 @@ uint32_t ps_post_iter_next_bucket(ps_post_iter *it) {
     return iter_settle(it);
 }
 
-/* First index in docs[lo, hi) with docs[k] >= target, or hi. */
+/* First index in docs[lo, hi) with docs[k] >= target, or hi. Branch-free
+ * halving (the comparison becomes a conditional move): where the target
+ * falls is unpredictable, so a branch would mispredict half the time. */
 static inline uint32_t lower_bound(const uint32_t *docs, uint32_t lo, uint32_t hi, uint32_t target) {
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (docs[mid] < target)
-            lo = mid + 1;
-        else
-            hi = mid;
+    if (lo >= hi)
+        return hi;
+    const uint32_t *base = docs + lo;
+    uint32_t n = hi - lo;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half - 1] < target ? base + half : base;
+        n -= half;
     }
-    return lo;
+    return (uint32_t)(base - docs) + (*base < target);
 }
 
 uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
@@ -285,8 +290,18 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
         iter_enter_bucket(it, lo, 0);
         from = 0;
     }
-    /* Gallop from the current position (matches of an AND are usually
-     * near), then binary search the last step. */
+    /* Matches of an AND are usually near: scan the next 64 entries 16 at
+     * a time (never past the snapshot's part of the bucket), then gallop
+     * and binary search the last step. */
+    for (uint32_t scanned = 0; scanned < 64 && from + 16 <= it->bucket_n; scanned += 16) {
+        uint32_t below = ps_below16(it->docs + from, target);
+        if (below < 16) {
+            it->off = from + below;
+            it->i = (it->fdata != NULL ? it->b * PS_POST_BLOCK : bucket_start(it->b)) + it->off;
+            return iter_settle(it);
+        }
+        from += 16;
+    }
     uint32_t lo = from, step = 1, hi = from;
     while (hi < it->bucket_n && it->docs[hi] < target) {
         lo = hi + 1;
@@ -304,6 +319,75 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
     it->off = k;
     it->i = bucket_start(it->b) + k;
     return iter_settle(it);
+}
+
+/* Stand on entry `off` of the current bucket/block, or step into the next
+ * one when off is its end. */
+static inline void iter_stand(ps_post_iter *it, uint32_t off) {
+    if (off >= it->bucket_n) {
+        it->i += it->bucket_n - 1 - it->off;
+        it->off = it->bucket_n - 1;
+        ps_post_iter_next_bucket(it);
+        return;
+    }
+    it->i += off - it->off;
+    it->off = off;
+    iter_settle(it);
+}
+
+uint32_t ps_post_intersect2(ps_post_iter *a, ps_post_iter *b, uint32_t *out, uint32_t cap) {
+    uint32_t n = 0;
+    while (n < cap && a->doc != PS_DOC_END && b->doc != PS_DOC_END) {
+        if (b->off + 16 <= b->bucket_n) {
+            /* Both inside their buckets, b with 16 entries ahead: t is a's
+             * doc; b skips 16 at a time, then stands on its first entry
+             * >= t; a match is kept, and a moves on either way. */
+            const uint32_t *A = a->docs, *B = b->docs;
+            const uint32_t an = a->bucket_n, bn = b->bucket_n;
+            const uint32_t lim = a->limit < b->limit ? a->limit : b->limit;
+            uint32_t ai = a->off, bi = b->off;
+            bool past = false;
+            while (ai < an && bi + 16 <= bn && n < cap) {
+                const uint32_t t = A[ai];
+                if (t >= lim) {
+                    past = true;  /* beyond the snapshot: done */
+                    break;
+                }
+                /* b is read nearly line by line: fetch 512 bytes ahead
+                 * (past the bucket's end is harmless: a prefetch never
+                 * faults). */
+                __builtin_prefetch(B + bi + 128);
+                /* Without a branch on the outcome (it is a coin toss):
+                 * k == 16 means t lies further on, so a stays and b moves
+                 * 16; otherwise b stands on its first entry >= t, a match
+                 * is kept, and a moves on. B[bi - 1] < t when k == 16. */
+                const uint32_t k = ps_below16(B + bi, t);
+                const uint32_t found = k < 16;
+                bi += k;
+                out[n] = t;
+                n += found & (B[bi - (1 - found)] == t);
+                ai += found;
+            }
+            iter_stand(a, ai);
+            iter_stand(b, bi);
+            if (past)
+                break;
+            continue;
+        }
+        /* One leapfrog step through the iterators: near the end of b's
+         * bucket, or across buckets. */
+        const uint32_t t = a->doc;
+        const uint32_t d = ps_post_iter_advance(b, t);
+        if (d == PS_DOC_END)
+            break;
+        if (d == t) {
+            out[n++] = t;
+            ps_post_iter_next(a);
+        } else {
+            ps_post_iter_advance(a, d);
+        }
+    }
+    return n;
 }
 
 uint32_t ps_post_iter_seek(ps_post_iter *it, uint32_t target, uint32_t limit) {

@@ -56,6 +56,9 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "arena.h"
 #include "gen.h"
@@ -226,6 +229,30 @@ const ps_block_meta *ps_post_iter_block_info(const ps_post_iter *it, uint32_t m,
 uint32_t ps_post_iter_goto(ps_post_iter *it, uint32_t idx);
 /* Entries of the snapshot with doc < limit, without walking them. */
 uint32_t ps_post_iter_count(const ps_post_iter *it);
+/* How many of the 16 sorted doc ids at p are below target: the index of
+ * the first >= target, if it is among them. */
+static inline uint32_t ps_below16(const uint32_t *p, uint32_t target) {
+#if defined(__SSE2__)
+    /* SSE2 compares signed: flip the sign bits to compare unsigned. */
+    const __m128i bias = _mm_set1_epi32((int)0x80000000u);
+    const __m128i t = _mm_xor_si128(_mm_set1_epi32((int)target), bias);
+    __m128i c0 = _mm_cmpgt_epi32(t, _mm_xor_si128(_mm_loadu_si128((const __m128i *)p), bias));
+    __m128i c1 = _mm_cmpgt_epi32(t, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(p + 4)), bias));
+    __m128i c2 = _mm_cmpgt_epi32(t, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(p + 8)), bias));
+    __m128i c3 = _mm_cmpgt_epi32(t, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(p + 12)), bias));
+    __m128i m = _mm_packs_epi16(_mm_packs_epi32(c0, c1), _mm_packs_epi32(c2, c3));
+    /* Sorted: the lanes below target are a prefix; the first clear bit
+     * ends it (bit 16 is always clear: bsf, no popcount instruction
+     * needed on baseline x86-64). */
+    return (uint32_t)__builtin_ctz(~(unsigned)_mm_movemask_epi8(m));
+#else
+    uint32_t k = 0;
+    for (uint32_t j = 0; j < 16; j++)
+        k += p[j] < target;
+    return k;
+#endif
+}
+
 /* First entry with doc >= target, using the skip list to leap over whole
  * buckets. The inline part takes the common step of one entry. */
 uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target);
@@ -240,6 +267,12 @@ static inline uint32_t ps_post_iter_advance(ps_post_iter *it, uint32_t target) {
     }
     return ps_post_iter_advance_far(it, target);
 }
+/* The doc ids present in both a and b, ascending, into out (at most cap),
+ * advancing both: the leapfrog of an AND of two terms, with a the rarer,
+ * run on the bucket arrays directly while both stay inside theirs (b
+ * scanned 16 entries at a time). Returns how many; fewer than cap means
+ * one of them is exhausted. */
+uint32_t ps_post_intersect2(ps_post_iter *a, ps_post_iter *b, uint32_t *out, uint32_t cap);
 static inline uint32_t ps_post_iter_tf(const ps_post_iter *it) {
     return it->tfs[it->off];
 }

@@ -464,6 +464,7 @@ typedef struct qit {
     uint32_t limit;
     const struct qexec *ex;
     or_window *win;     /* OR with n >= 2 */
+    bool terms_only;    /* AND: every operand is a TERM with postings */
     ps_post_iter post;
 } qit;
 
@@ -531,7 +532,32 @@ static inline double bm25(const qexec *ex, double idf, uint32_t tf, double norm)
 static uint32_t it_next(qit *it);
 static uint32_t it_advance(qit *it, uint32_t target);
 
+/* and_align for an AND of terms only (the common case): the same
+ * leapfrog straight on the posting iterators, without the per-step
+ * dispatch of it_advance; the children's doc fields follow at the end. */
+static uint32_t and_align_terms(qit *it) {
+    ps_post_iter *lead = &it->c[0]->post;
+    uint32_t t = lead->doc;
+    while (t != PS_DOC_END) {
+        uint32_t i;
+        for (i = 1; i < it->n; i++) {
+            uint32_t d = ps_post_iter_advance(&it->c[i]->post, t);
+            if (d != t) {
+                t = ps_post_iter_advance(lead, d);
+                break;
+            }
+        }
+        if (i == it->n)
+            break;
+    }
+    for (uint32_t i = 0; i < it->n; i++)
+        it->c[i]->doc = it->c[i]->post.doc;
+    return it->doc = t;
+}
+
 static uint32_t and_align(qit *it) {
+    if (it->terms_only)
+        return and_align_terms(it);
     uint32_t t = it->c[0]->doc;
     while (t != PS_DOC_END) {
         uint32_t i;
@@ -900,6 +926,10 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
     case PS_Q_AND:
         /* Rarest first: it leads, the others only leap. */
         qsort(it->c, it->n, sizeof(*it->c), cmp_cost);
+        it->terms_only = true;
+        for (uint32_t i = 0; i < it->n; i++)
+            if (it->c[i]->kind != PS_Q_TERM)
+                it->terms_only = false;
         it->cost = it->c[0]->cost;
         if (it->n >= 2 && it->c[0]->cost * AND_DENSE >= ex->limit && ex->limit > 0) {
             if (win_open(it) != 0)
@@ -1189,10 +1219,46 @@ static qit *exec_open(qexec *ex, const view *v, uint32_t i, const ps_qnode *q, b
     return it_build(ex, q);
 }
 
+/* Set bits of a word. Baseline x86-64 has no popcount instruction, and
+ * __builtin_popcountll then calls libgcc's table loop: SWAR instead. */
+static inline uint64_t popcount64(uint64_t x) {
+#if defined(__POPCNT__) || !defined(__x86_64__)
+    return (uint64_t)__builtin_popcountll(x);
+#else
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+    return (x * 0x0101010101010101ull) >> 56;
+#endif
+}
+
 static bool source_has_deletes(const ps_src *src) {
     const _Atomic uint32_t *c = src->rt != NULL ? &src->rt->deleted_count
                                                 : &src->f->deleted_count;
     return atomic_load_explicit(c, memory_order_relaxed) != 0;
+}
+
+/* Count an AND of terms (rarest first, leapfrogging): the first two
+ * intersect a batch at a time on their bucket arrays
+ * (ps_post_intersect2); each further operand and the deletion check
+ * filter the batch. The iterators are used up. */
+static uint64_t count_and_terms(const qexec *ex, qit *it, bool check_deleted) {
+    uint32_t buf[256];
+    uint64_t total = 0;
+    uint32_t got;
+    do {
+        got = ps_post_intersect2(&it->c[0]->post, &it->c[1]->post, buf, 256);
+        uint32_t kept = 0;
+        for (uint32_t j = 0; j < got; j++) {
+            const uint32_t d = buf[j];
+            uint32_t c = 2;
+            while (c < it->n && ps_post_iter_advance(&it->c[c]->post, d) == d)
+                c++;
+            kept += c == it->n && !(check_deleted && doc_deleted(ex, d));
+        }
+        total += kept;
+    } while (got == 256);
+    return total;
 }
 
 static int count_one(const view *v, uint32_t i, const ps_qnode *q, uint64_t *count) {
@@ -1213,9 +1279,11 @@ static int count_one(const view *v, uint32_t i, const ps_qnode *q, uint64_t *cou
          * filled window is a match; count them a word at a time. */
         while (it->doc != PS_DOC_END) {
             for (uint32_t wi = 0; wi < it->win->words; wi++)
-                n += (uint64_t)__builtin_popcountll(it->win->bits[wi]);
+                n += popcount64(it->win->bits[wi]);
             win_fill(it);
         }
+    } else if (it->kind == PS_Q_AND && it->terms_only && it->n >= 2 && it->win == NULL) {
+        n = count_and_terms(&ex, it, check_deleted);
     } else if (!check_deleted) {
         for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
             n++;
