@@ -277,6 +277,60 @@ def test_and_counts_equal_set_intersections_in_a_segment_and_its_file(tmp_path, 
             assert active.delete(f"k{i}", older=[f])
 
 
+FORMAT1_FILE = os.path.join(os.path.dirname(__file__), "data", "segment-format1.pss")
+
+
+def format1_docs() -> list[tuple]:
+    """The documents of tests/data/segment-format1.pss, which the build of
+    commit e4fd064 (format 1) wrote from them, sealed, in this order."""
+    rng = random.Random(5)
+    words = ["cat", "dog", "bird", "fish", "mat", "sat", "red", "blue"]
+    out = []
+    for i in range(700):
+        text = " ".join(rng.choice(words) for _ in range(rng.randrange(1, 12)))
+        out.append((f"d{i}", 1, text, [f"tag:{i % 3}"], float(i % 7), f"b{i}".encode()))
+    return out
+
+
+def test_a_format_1_file_is_still_read_and_answers_like_a_new_one(tmp_path):
+    """Format 2 added per-block length bounds by term-frequency class; a
+    file of format 1 (without them) opens, and every query, order and k
+    gives what the same documents give in a segment and in a format 2
+    file (its BM25 block bounds are looser, its answers the same)."""
+    with open(FORMAT1_FILE, "rb") as fh:
+        assert int.from_bytes(fh.read(12)[8:12], "little") == 1
+    old = SegmentFile(FORMAT1_FILE)
+    seg = RealtimeSegment(base=1)
+    seg.add_batch(format1_docs())
+    seg.seal()
+    path = str(tmp_path / "new.pss")
+    write_segment(path, [seg], view_snapshot([seg]))
+    with open(path, "rb") as fh:
+        assert int.from_bytes(fh.read(12)[8:12], "little") == 2
+    new = SegmentFile(path)
+    assert len(old) == len(new) == 700
+    for q in QUERIES + ["cat dog bird", "cat OR dog OR bird OR fish OR mat", "red -tag:1"]:
+        assert old.count(q) == new.count(q) == seg.count(q), q
+        for order in ("score", "bm25", "recent"):
+            for k in (1, 10, 1000):
+                want = [(h.key, h.version, h.blob, round(h.score, 9))
+                        for h in seg.search(q, k, order)]
+                for f in (old, new):
+                    got = [(h.key, h.version, h.blob, round(h.score, 9))
+                           for h in f.search(q, k, order)]
+                    assert got == want, (q, order, k)
+
+
+def test_a_format_newer_than_this_build_is_refused(tmp_path):
+    data = bytearray(open(FORMAT1_FILE, "rb").read())
+    data[8:12] = (3).to_bytes(4, "little")
+    data[-16:-12] = (3).to_bytes(4, "little")
+    path = tmp_path / "future.pss"
+    path.write_bytes(bytes(data))
+    with pytest.raises(SegmentFileError, match=r"has format 3; this build reads formats 1 to 2"):
+        SegmentFile(str(path))
+
+
 def test_write_refuses_an_unsealed_segment_and_an_unwritable_path(tmp_path):
     seg = RealtimeSegment()
     seg.add("a", 1, text="x")

@@ -53,7 +53,7 @@ static inline size_t bucket_bytes(uint32_t b) {
     uint32_t cap = ps_post_bucket_cap(b);
     size_t bytes = (size_t)cap * (sizeof(uint32_t) + sizeof(uint16_t));
     if (b >= PS_POST_META_MIN_BUCKET)
-        bytes += (cap / PS_POST_BLOCK) * sizeof(ps_block_meta);
+        bytes += (cap / PS_POST_BLOCK) * (sizeof(ps_block_meta) + sizeof(ps_block_dl));
     return bytes;
 }
 
@@ -99,11 +99,17 @@ int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, double score, uint3
     if (meta != NULL) {
         /* Only this thread writes the maxima: plain compare, relaxed store. */
         ps_block_meta *m = &meta[off / PS_POST_BLOCK];
+        _Atomic uint32_t *cls = ps_bucket_dl(docs, b)[off / PS_POST_BLOCK].min_dl;
+        const uint32_t c = ps_tf_class(tf);
         if (off % PS_POST_BLOCK == 0) {
             atomic_store_explicit(&m->max_score, double_to_bits(score), memory_order_relaxed);
             atomic_store_explicit(&m->min_dl, dl, memory_order_relaxed);
             atomic_store_explicit(&m->max_tf, tf, memory_order_relaxed);
+            for (uint32_t k = 0; k < PS_TF_CLASSES; k++)
+                atomic_store_explicit(&cls[k], k == c ? dl : UINT32_MAX, memory_order_relaxed);
         } else {
+            if (dl < atomic_load_explicit(&cls[c], memory_order_relaxed))
+                atomic_store_explicit(&cls[c], dl, memory_order_relaxed);
             if (score > bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed)))
                 atomic_store_explicit(&m->max_score, double_to_bits(score), memory_order_relaxed);
             if (dl < atomic_load_explicit(&m->min_dl, memory_order_relaxed))
@@ -185,10 +191,11 @@ static void fiter_enter(ps_post_iter *it, uint32_t b) {
 }
 
 void ps_post_iter_open_file(ps_post_iter *it, const uint8_t *data, const ps_sf_skip *skip,
-                            uint32_t df) {
+                            const ps_block_dl *dlc, uint32_t df) {
     it->dir = NULL;
     it->fdata = data;
     it->fskip = skip;
+    it->fdlc = skip != NULL ? dlc : NULL;
     it->fdf = df;
     it->n = df;
     it->nbuckets = (df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
@@ -206,6 +213,7 @@ void ps_post_iter_open_file(ps_post_iter *it, const uint8_t *data, const ps_sf_s
 void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit) {
     it->fdata = NULL;
     it->fskip = NULL;
+    it->fdlc = NULL;
     it->n = atomic_load_explicit(&((ps_posting *)p)->size, memory_order_acquire);
     it->dir = atomic_load_explicit(&((ps_posting *)p)->dir, memory_order_acquire);
     it->nbuckets = ps_post_nbuckets(it->n);
@@ -467,31 +475,58 @@ static inline uint32_t rt_doc_at(const ps_post_iter *it, uint32_t idx) {
     return it->dir[b].docs[off];
 }
 
-const ps_block_meta *ps_post_iter_block_info(const ps_post_iter *it, uint32_t m,
-                                             uint32_t *first, uint32_t *end,
-                                             uint32_t *last_doc) {
+/* Fold one block's bounds (maxima, and per-class lengths when dlc is
+ * there; without them every class gets the block's min_dl, which makes the
+ * class bound bm25(max_tf, min_dl)). */
+static inline void fold_block(const ps_block_meta *m, const ps_block_dl *dlc, ps_bounds *b) {
+    double sc = bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed));
+    uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
+    if (sc > b->max_score)
+        b->max_score = sc;
+    if (tf > b->max_tf)
+        b->max_tf = tf;
+    if (dlc != NULL) {
+        for (uint32_t c = 0; c < PS_TF_CLASSES; c++) {
+            uint32_t dl = atomic_load_explicit(&dlc->min_dl[c], memory_order_relaxed);
+            if (dl < b->min_dl[c])
+                b->min_dl[c] = dl;
+        }
+    } else {
+        uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
+        for (uint32_t c = 0; c < PS_TF_CLASSES; c++)
+            if (dl < b->min_dl[c])
+                b->min_dl[c] = dl;
+    }
+}
+
+int ps_post_iter_block_info(const ps_post_iter *it, uint32_t m, uint32_t *first, uint32_t *end,
+                            uint32_t *last_doc, ps_bounds *bd) {
     if (it->fdata != NULL) {
         *first = m * PS_POST_BLOCK;
         *end = *first + PS_POST_BLOCK < it->n ? *first + PS_POST_BLOCK : it->n;
         if (it->fskip == NULL) {  /* one block: its last doc is in the buffer */
             *last_doc = it->docs[it->bucket_n - 1];
-            return NULL;
+            return 0;
         }
         *last_doc = it->fskip[m].last_doc;
-        return &it->fskip[m].meta;
+        fold_block(&it->fskip[m].meta, it->fdlc != NULL ? &it->fdlc[m] : NULL, bd);
+        return 1;
     }
     if (m == 0) {
         *first = 0;
         *end = it->n < PS_POST_SMALL ? it->n : PS_POST_SMALL;
         *last_doc = rt_doc_at(it, *end - 1);
-        return NULL;
+        return 0;
     }
     *first = PS_POST_SMALL + (m - 1) * PS_POST_BLOCK;
     *end = *first + PS_POST_BLOCK < it->n ? *first + PS_POST_BLOCK : it->n;
     *last_doc = rt_doc_at(it, *end - 1);
     uint32_t b, off;
     ps_post_locate(*first, &b, &off);
-    return &ps_bucket_meta(it->dir[b].docs, b)[off / PS_POST_BLOCK];
+    const uint32_t *docs = it->dir[b].docs;
+    fold_block(&ps_bucket_meta(docs, b)[off / PS_POST_BLOCK],
+               &ps_bucket_dl(docs, b)[off / PS_POST_BLOCK], bd);
+    return 1;
 }
 
 uint32_t ps_post_iter_goto(ps_post_iter *it, uint32_t idx) {
@@ -546,29 +581,14 @@ uint32_t ps_post_iter_skip_block(ps_post_iter *it) {
     return iter_settle(it);
 }
 
-/* Fold one block's maxima into the running bounds. */
-static inline void fold_meta(const ps_block_meta *m, double *max_score, uint32_t *max_tf,
-                             uint32_t *min_dl) {
-    double sc = bits_to_double(atomic_load_explicit(&m->max_score, memory_order_relaxed));
-    uint32_t tf = atomic_load_explicit(&m->max_tf, memory_order_relaxed);
-    uint32_t dl = atomic_load_explicit(&m->min_dl, memory_order_relaxed);
-    if (sc > *max_score)
-        *max_score = sc;
-    if (tf > *max_tf)
-        *max_tf = tf;
-    if (dl < *min_dl)
-        *min_dl = dl;
-}
-
-int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
-                        uint32_t *max_tf, uint32_t *min_dl) {
+int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, ps_bounds *bd) {
     if (it->doc == PS_DOC_END)
         return 1;
     if (it->fdata != NULL) {
         if (it->fskip == NULL)
             return 0;
         for (uint32_t b = it->b; b < it->nbuckets; b++) {
-            fold_meta(&it->fskip[b].meta, max_score, max_tf, min_dl);
+            fold_block(&it->fskip[b].meta, it->fdlc != NULL ? &it->fdlc[b] : NULL, bd);
             if (it->fskip[b].last_doc >= end)
                 break;
         }
@@ -580,11 +600,12 @@ int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
         const ps_block_meta *meta = ps_bucket_meta(docs, b);
         if (meta == NULL)
             return 0;
+        const ps_block_dl *dlc = ps_bucket_dl(docs, b);
         uint32_t start = bucket_start(b), cap = ps_post_bucket_cap(b);
         uint32_t in_bucket = it->n - start < cap ? it->n - start : cap;
         uint32_t nblk = (in_bucket + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
         for (; blk < nblk; blk++) {
-            fold_meta(&meta[blk], max_score, max_tf, min_dl);
+            fold_block(&meta[blk], &dlc[blk], bd);
             uint32_t last = (blk + 1) * PS_POST_BLOCK;
             if (docs[(last < in_bucket ? last : in_bucket) - 1] >= end)
                 return 1;

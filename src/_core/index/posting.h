@@ -12,7 +12,9 @@
  *
  *   Block maxima: buckets of 128 entries or more also keep, per block of
  *   128 entries, the largest static score and term frequency and the
- *   smallest text length of its documents (ps_block_meta, after the tfs).
+ *   smallest text length of its documents (ps_block_meta, after the tfs),
+ *   and the smallest text length per term-frequency class (ps_block_dl,
+ *   after the maxima), which bound BM25 far more tightly.
  *   Top-K over one term skips a block whose best possible score cannot
  *   enter the heap (block-max pruning, as in tantivy's and Lucene's
  *   block-max WAND, here for single-term queries). The writer only raises
@@ -54,6 +56,7 @@
 #ifndef PS_INDEX_POSTING_H
 #define PS_INDEX_POSTING_H
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #if defined(__SSE2__)
@@ -76,6 +79,36 @@ typedef struct ps_block_meta {
     _Atomic uint32_t min_dl;
     _Atomic uint32_t max_tf;
 } ps_block_meta;
+
+/* Per block, the smallest text length among its documents of term
+ * frequency 1, 2, 3 and 4 or more (UINT32_MAX: none). BM25 grows with tf
+ * and falls with length, so max over the classes of bm25(tf of the class,
+ * its shortest length) bounds the block, with tf of the last class its
+ * max_tf: far tighter than bm25(max_tf, min_dl), whose two extremes
+ * rarely meet in one document (a common word is mostly tf 1). Kept apart
+ * from ps_block_meta: files of format 1 have none (segfile.h). */
+#define PS_TF_CLASSES 4u
+typedef struct ps_block_dl {
+    _Atomic uint32_t min_dl[PS_TF_CLASSES];
+} ps_block_dl;
+
+static inline uint32_t ps_tf_class(uint32_t tf) {
+    return tf >= PS_TF_CLASSES ? PS_TF_CLASSES - 1 : tf > 0 ? tf - 1 : 0;
+}
+
+/* Bounds folded over one or more blocks (ps_post_iter_bounds). */
+typedef struct ps_bounds {
+    double max_score;
+    uint32_t max_tf;
+    uint32_t min_dl[PS_TF_CLASSES];  /* per tf class, as ps_block_dl */
+} ps_bounds;
+
+static inline void ps_bounds_init(ps_bounds *b) {
+    b->max_score = -INFINITY;
+    b->max_tf = 0;
+    for (uint32_t c = 0; c < PS_TF_CLASSES; c++)
+        b->min_dl[c] = UINT32_MAX;
+}
 
 typedef struct ps_skip {
     uint32_t first_doc;
@@ -135,6 +168,12 @@ static inline ps_block_meta *ps_bucket_meta(const uint32_t *docs, uint32_t b) {
     return (ps_block_meta *)((char *)docs + (size_t)cap * 6);
 }
 
+/* Per-class shortest lengths of bucket b's blocks, after its maxima. */
+static inline ps_block_dl *ps_bucket_dl(const uint32_t *docs, uint32_t b) {
+    ps_block_meta *m = ps_bucket_meta(docs, b);
+    return m != NULL ? (ps_block_dl *)(m + ps_post_bucket_cap(b) / PS_POST_BLOCK) : NULL;
+}
+
 void ps_post_init(ps_posting *p);
 /* Append (doc, tf); doc must exceed every doc already in the list. score
  * and dl are the document's static score and text length, for the block
@@ -164,6 +203,7 @@ typedef struct ps_post_iter {
     /* file postings only (fdata == NULL: a realtime list) */
     const uint8_t *fdata;      /* the first block */
     const ps_sf_skip *fskip;   /* per block; NULL when there is one block */
+    const ps_block_dl *fdlc;   /* per block beside fskip; NULL in format 1 */
     uint32_t fdf;              /* entries */
     uint32_t fbuf_docs[PS_POST_BLOCK];
     uint16_t fbuf_tfs[PS_POST_BLOCK];
@@ -172,7 +212,7 @@ typedef struct ps_post_iter {
 void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit);
 /* Open over a file posting list of df entries (segfile.h). */
 void ps_post_iter_open_file(ps_post_iter *it, const uint8_t *data, const ps_sf_skip *skip,
-                            uint32_t df);
+                            const ps_block_dl *dlc, uint32_t df);
 /* Step into bucket b+1 (the current one is used up). */
 uint32_t ps_post_iter_next_bucket(ps_post_iter *it);
 static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
@@ -186,20 +226,12 @@ static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
     }
     return ps_post_iter_next_bucket(it);
 }
-/* Block maxima of the iterator's current block, or NULL (small bucket). */
-static inline const ps_block_meta *ps_post_iter_block(const ps_post_iter *it) {
-    if (it->fdata != NULL)
-        return it->fskip != NULL ? &it->fskip[it->b].meta : NULL;
-    const ps_block_meta *m = ps_bucket_meta(it->docs, it->b);
-    return m != NULL ? &m[it->off / PS_POST_BLOCK] : NULL;
-}
 /* Leave the current block: first entry of the next one (or the end). */
 uint32_t ps_post_iter_skip_block(ps_post_iter *it);
-/* Fold the block maxima of the blocks from the current one up to the one
- * holding the first entry >= end into *max_score, *max_tf, *min_dl.
- * Returns 0 if one of those blocks keeps no maxima (a small bucket). */
-int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, double *max_score,
-                        uint32_t *max_tf, uint32_t *min_dl);
+/* Fold the bounds of the blocks from the current one up to the one
+ * holding the first entry >= end into *b (ps_bounds_init first). Returns
+ * 0 if one of those blocks keeps no maxima (a small bucket). */
+int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, ps_bounds *b);
 /* Reposition at the first entry with doc >= target, before or after the
  * current one (random access: a binary search of the bucket directory or
  * the file's skip entries, then of one bucket or block), and make `limit`
@@ -219,11 +251,11 @@ uint32_t ps_post_iter_seek(ps_post_iter *it, uint32_t target, uint32_t limit);
  */
 #define PS_POST_SMALL 124u  /* 4 + 8 + 16 + 32 + 64: buckets 0..4 */
 uint32_t ps_post_iter_nblocks(const ps_post_iter *it);
-/* Entries [*first, *end) of block m, its maxima (NULL when it keeps none)
- * and its last doc id (of the snapshot; may be >= the iterator's limit). */
-const ps_block_meta *ps_post_iter_block_info(const ps_post_iter *it, uint32_t m,
-                                             uint32_t *first, uint32_t *end,
-                                             uint32_t *last_doc);
+/* Entries [*first, *end) of block m and its last doc id (of the
+ * snapshot; may be >= the iterator's limit); its bounds folded into *b.
+ * Returns 0 when the block keeps no maxima. */
+int ps_post_iter_block_info(const ps_post_iter *it, uint32_t m, uint32_t *first, uint32_t *end,
+                            uint32_t *last_doc, ps_bounds *b);
 /* Stand on entry idx (< the snapshot's size), before or after the current
  * one; its doc, or PS_DOC_END if that is at or past the limit. */
 uint32_t ps_post_iter_goto(ps_post_iter *it, uint32_t idx);

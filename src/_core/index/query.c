@@ -529,6 +529,22 @@ static inline double bm25(const qexec *ex, double idf, uint32_t tf, double norm)
     return idf * tf * ex->k1p1 / (tf + norm);
 }
 
+/* The best BM25 one term can give a document within folded bounds: the
+ * best over the tf classes of bm25(the class's tf, its shortest length)
+ * (posting.h). */
+static inline double bm25_bound(const qexec *ex, double idf, const ps_bounds *b) {
+    double best = 0.0;
+    for (uint32_t c = 0; c < PS_TF_CLASSES; c++) {
+        if (b->min_dl[c] == UINT32_MAX)
+            continue;
+        uint32_t tf = c + 1 < PS_TF_CLASSES && c + 1 < b->max_tf ? c + 1 : b->max_tf;
+        double s = bm25(ex, idf, tf, dl_norm(ex, b->min_dl[c]));
+        if (s > best)
+            best = s;
+    }
+    return best;
+}
+
 static uint32_t it_next(qit *it);
 static uint32_t it_advance(qit *it, uint32_t target);
 
@@ -669,13 +685,13 @@ static bool window_prunable(const qit *it, uint64_t end) {
             continue;
         if (c->kind != PS_Q_TERM)
             return false;
-        double max_score = -INFINITY;
-        uint32_t max_tf = 0, min_dl = UINT32_MAX;
-        if (!ps_post_iter_bounds(&c->post, end, &max_score, &max_tf, &min_dl))
+        ps_bounds bd;
+        ps_bounds_init(&bd);
+        if (!ps_post_iter_bounds(&c->post, end, &bd))
             return false;
-        if (max_score > best_static)
-            best_static = max_score;
-        bound += bm25(ex, c->idf, max_tf, dl_norm(ex, min_dl));
+        if (bd.max_score > best_static)
+            best_static = bd.max_score;
+        bound += bm25_bound(ex, c->idf, &bd);
     }
     /* The best a document of the window could be: the bound, at its
      * newest doc id. */
@@ -1044,12 +1060,12 @@ static bool it_bound(qit *it, uint32_t lo, uint32_t hi, double *ub) {
     case PS_Q_TERM: {
         if (ps_post_iter_seek(&it->post, lo, hi) == PS_DOC_END)
             return false;
-        double max_score = -INFINITY;
-        uint32_t max_tf = 0, min_dl = UINT32_MAX;
-        if (!ps_post_iter_bounds(&it->post, hi, &max_score, &max_tf, &min_dl))
+        ps_bounds bd;
+        ps_bounds_init(&bd);
+        if (!ps_post_iter_bounds(&it->post, hi, &bd))
             *ub = INFINITY;
         else
-            *ub = bm ? bm25(ex, it->idf, max_tf, dl_norm(ex, min_dl)) : max_score;
+            *ub = bm ? bm25_bound(ex, it->idf, &bd) : bd.max_score;
         return true;
     }
     case PS_Q_ALL:
@@ -1405,22 +1421,18 @@ static void search_term(qexec *ex, qit *it, uint64_t doc_base, bool check_delete
     uint32_t n = *np;
     for (uint32_t m = nb; m-- > 0;) {
         uint32_t first, end, last;
-        const ps_block_meta *meta = ps_post_iter_block_info(p, m, &first, &end, &last);
+        ps_bounds bd;
+        ps_bounds_init(&bd);
+        const int has_bounds = ps_post_iter_block_info(p, m, &first, &end, &last, &bd);
         if (n == k) {
             ps_hit best = {.src = ex->src_index, .doc = last < ex->limit ? last : ex->limit - 1};
             if (ex->order == PS_ORDER_RECENT) {
                 best.score = (double)(doc_base + best.doc);
                 if (!better(&best, &out[0]))
                     break;  /* older blocks only score lower */
-            } else if (meta != NULL) {
-                if (ex->order == PS_ORDER_SCORE) {
-                    uint64_t bits = atomic_load_explicit(&meta->max_score, memory_order_relaxed);
-                    memcpy(&best.score, &bits, sizeof(best.score));
-                } else {
-                    uint32_t tf = atomic_load_explicit(&meta->max_tf, memory_order_relaxed);
-                    uint32_t dl = atomic_load_explicit(&meta->min_dl, memory_order_relaxed);
-                    best.score = bm25(ex, it->idf, tf, dl_norm(ex, dl));
-                }
+            } else if (has_bounds) {
+                best.score = ex->order == PS_ORDER_SCORE ? bd.max_score
+                                                         : bm25_bound(ex, it->idf, &bd);
                 if (!better(&best, &out[0]))
                     continue;
             }
@@ -1492,10 +1504,9 @@ static void maxscore_range(qexec *ex, qit *it, uint32_t lo, uint32_t hi, bool ch
             continue;
         }
         c->doc = c->post.doc;
-        double max_score = -INFINITY;
-        uint32_t max_tf = 0, min_dl = UINT32_MAX;
-        ub[i] = ps_post_iter_bounds(&c->post, hi, &max_score, &max_tf, &min_dl)
-                    ? bm25(ex, c->idf, max_tf, dl_norm(ex, min_dl)) : INFINITY;
+        ps_bounds bd;
+        ps_bounds_init(&bd);
+        ub[i] = ps_post_iter_bounds(&c->post, hi, &bd) ? bm25_bound(ex, c->idf, &bd) : INFINITY;
         uint32_t j = m++;
         while (j > 0 && ub[ord[j - 1]] > ub[i]) {
             ord[j] = ord[j - 1];

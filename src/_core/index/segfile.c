@@ -254,11 +254,16 @@ static void open_term(const ps_fseg *f, uint64_t t, ps_post_iter *it) {
     uint32_t nb = (tr->df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
     const uint8_t *p = f->post + tr->off;
     const ps_sf_skip *sk = NULL;
+    const ps_block_dl *dlc = NULL;
     if (nb > 1) {
         sk = (const ps_sf_skip *)p;
         p += nb * sizeof(ps_sf_skip);
+        if (f->format >= 2) {
+            dlc = (const ps_block_dl *)p;
+            p += nb * sizeof(ps_block_dl);
+        }
     }
-    ps_post_iter_open_file(it, p, sk, tr->df);
+    ps_post_iter_open_file(it, p, sk, dlc, tr->df);
 }
 
 /* ---- bit packing ------------------------------------------------------------ */
@@ -335,6 +340,8 @@ int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
     size_t raw_cap = 0, comp_cap = 0;
     ps_sf_skip *skip = NULL;
     size_t skip_cap = 0;
+    ps_block_dl *skipdl = NULL;
+    size_t skipdl_cap = 0;
     uint32_t *tmpv = NULL;
     size_t tmpv_cap = 0;
     memset(st, 0, sizeof(*st));
@@ -638,6 +645,7 @@ int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
             terms[nterms] = (ps_sf_termrec){.off = w.pos - ft.off_post, .df = df};
             uint32_t nb = (df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
             if (grow((void **)&skip, &skip_cap, nb, sizeof(*skip)) != 0 ||
+                grow((void **)&skipdl, &skipdl_cap, nb, sizeof(*skipdl)) != 0 ||
                 grow((void **)&tmpv, &tmpv_cap, 2 * PS_POST_BLOCK, sizeof(*tmpv)) != 0 ||
                 grow((void **)&comp, &comp_cap, 2 + 2 * PS_POST_BLOCK * 4 + 16, 1) != 0)
                 goto nomem;
@@ -647,6 +655,7 @@ int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
             for (uint32_t b = 0; b < nb; b++) {
                 uint32_t s0 = b * PS_POST_BLOCK, cnt = df - s0 < PS_POST_BLOCK ? df - s0 : PS_POST_BLOCK;
                 uint32_t maxgap = 0, maxtf = 0, mindl = UINT32_MAX;
+                uint32_t cls[PS_TF_CLASSES] = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX};
                 double maxsc = -INFINITY;
                 for (uint32_t k = 0; k < cnt; k++) {
                     uint32_t doc = pdocs[s0 + k];
@@ -661,6 +670,8 @@ int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
                         maxtf = tf;
                     if (dl[doc] < mindl)
                         mindl = dl[doc];
+                    if (dl[doc] < cls[ps_tf_class(tf)])
+                        cls[ps_tf_class(tf)] = dl[doc];
                     if (score[doc] > maxsc)
                         maxsc = score[doc];
                 }
@@ -679,10 +690,14 @@ int ps_sf_write(const char *path, const ps_src *in, uint32_t n, uint64_t snap,
                 atomic_init(&skip[b].meta.max_score, bits_of(maxsc));
                 atomic_init(&skip[b].meta.min_dl, mindl);
                 atomic_init(&skip[b].meta.max_tf, maxtf);
+                for (uint32_t c = 0; c < PS_TF_CLASSES; c++)
+                    atomic_init(&skipdl[b].min_dl[c], cls[c]);
                 blen += used;
             }
-            if (nb > 1)
+            if (nb > 1) {
                 w_bytes(&w, skip, nb * sizeof(*skip));
+                w_bytes(&w, skipdl, nb * sizeof(*skipdl));
+            }
             w_bytes(&w, raw, blen);
             nterms++;
             postings += df;
@@ -793,6 +808,7 @@ out:
     free(raw);
     free(comp);
     free(skip);
+    free(skipdl);
     free(tmpv);
     return rc;
 }
@@ -823,11 +839,12 @@ static int verify(ps_fseg *f, char *err, size_t errlen) {
     memcpy(trailer, m + size - TRAILER_SIZE, sizeof(trailer));
     uint32_t hdr_format;
     memcpy(&hdr_format, m + 8, sizeof(hdr_format));
-    if (trailer[0] != PS_SF_FORMAT || hdr_format != PS_SF_FORMAT) {
-        ps_errf(err, errlen, "segment file %s has format %u; this build reads format %u", p,
-                trailer[0], PS_SF_FORMAT);
+    if (trailer[0] != hdr_format || hdr_format < PS_SF_FORMAT_MIN || hdr_format > PS_SF_FORMAT) {
+        ps_errf(err, errlen, "segment file %s has format %u; this build reads formats %u to %u",
+                p, trailer[0], PS_SF_FORMAT_MIN, PS_SF_FORMAT);
         return -1;
     }
+    f->format = hdr_format;
     /* the checksum covers every byte before the trailer */
     uint32_t crc = (uint32_t)crc32_z(crc32_z(0L, Z_NULL, 0), m, size - TRAILER_SIZE);
     if (crc != trailer[1]) {
@@ -964,7 +981,9 @@ ps_fseg *ps_fseg_open(const char *path, char *err, size_t errlen) {
         }
         uint64_t nb = ((uint64_t)tr->df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
         /* the smallest possible encoding: 2 bytes a block */
-        uint64_t least = (nb > 1 ? nb * sizeof(ps_sf_skip) : 0) + 2 * nb;
+        const uint64_t skip_bytes =
+            nb > 1 ? nb * (sizeof(ps_sf_skip) + (f->format >= 2 ? sizeof(ps_block_dl) : 0)) : 0;
+        uint64_t least = skip_bytes + 2 * nb;
         if (tr->df == 0 || tr->df > N || tr->off % 8 != 0 || tr->off > ft.len_post - 8 ||
             least > ft.len_post - 8 - tr->off) {
             bad(err, errlen, path, "a posting list lies outside the file");
@@ -972,7 +991,7 @@ ps_fseg *ps_fseg_open(const char *path, char *err, size_t errlen) {
         }
         if (nb > 1) {
             const ps_sf_skip *sk = (const ps_sf_skip *)(f->post + tr->off);
-            uint64_t room = ft.len_post - 8 - tr->off - nb * sizeof(ps_sf_skip);
+            uint64_t room = ft.len_post - 8 - tr->off - skip_bytes;
             for (uint64_t k = 0; k < nb; k++)
                 if (sk[k].off > room || sk[k].last_doc >= N) {
                     bad(err, errlen, path, "a posting block lies outside the file");

@@ -3,8 +3,8 @@
  * writer (flush of a sealed realtime segment, and compaction of several
  * segments into one: the same code) and the reader (mmap).
  *
- * FORMAT (version 1; little-endian; every section starts 8-aligned)
- *   header   "PSSEGv01", u32 format = 1, u32 0
+ * FORMAT (version 2; little-endian; every section starts 8-aligned)
+ *   header   "PSSEGv01" (the family's magic), u32 format = 2, u32 0
  *   docs     f64 score[N]; u32 dl[N] (text tokens, for BM25); i64 version[N]
  *   keys     u64 key_off[N + T + 1] into key bytes: refs 0..N-1 are the
  *            documents' keys, N..N+T-1 the tombstones' (keys deleted with a
@@ -17,7 +17,11 @@
  *            LZ4 (or raw) of { u32 blob_len[n]; blob bytes }; then
  *            u64 store_off[B + 1]
  *   postings per term, 8-aligned: if df > 128, ps_sf_skip[ceil(df / 128)]
- *            (block maxima, last doc, block offset from the first block);
+ *            (block maxima, last doc, block offset from the first block)
+ *            and ps_block_dl[ceil(df / 128)] (per block the shortest text
+ *            length of each tf class, posting.h; new in format 2, which
+ *            is all that changed from format 1: a format 1 file is still
+ *            read, its BM25 block bounds from the maxima alone);
  *            then the blocks: u8 doc_bits, u8 tf_bits, doc gaps - 1 (the
  *            first relative to the previous block's last doc, or doc + 0
  *            for the first block) and tf - 1, each bit-packed LSB first.
@@ -58,7 +62,8 @@
 #include "segment.h"
 
 #define PS_SF_MAGIC "PSSEGv01"
-#define PS_SF_FORMAT 1u
+#define PS_SF_FORMAT 2u      /* written */
+#define PS_SF_FORMAT_MIN 1u  /* oldest still read */
 #define PS_SF_STORE_BLOCK 16u
 
 typedef struct ps_sf_termrec {
@@ -95,6 +100,7 @@ typedef struct ps_fseg {
     const char *term_bytes;
     const ps_sf_termrec *terms;
     uint32_t max_store_raw;          /* largest raw store block */
+    uint32_t format;                 /* PS_SF_FORMAT_MIN..PS_SF_FORMAT */
     _Atomic uint64_t *deleted;       /* [ndocs] stamps; 0: live */
     _Atomic uint32_t deleted_count;
 } ps_fseg;
