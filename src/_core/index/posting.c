@@ -343,43 +343,84 @@ static inline void iter_stand(ps_post_iter *it, uint32_t off) {
     iter_settle(it);
 }
 
+/*
+ * One step of intersecting sorted A with sorted B, without a branch on
+ * its outcome (a coin toss): t = A[*a]; k = how many of B's next 16 are
+ * below t. k == 16: t lies further on, B moves 16 and A stays; otherwise
+ * B stands on its first entry >= t, t is kept if that is t, and A moves
+ * on. B[*b - 1] < t when k == 16. The caller keeps *b + 16 within B's
+ * readable part.
+ */
+static inline void isect_step(const uint32_t *A, uint32_t *a, const uint32_t *B, uint32_t *b,
+                              uint32_t *out, uint32_t *n) {
+    const uint32_t t = A[*a];
+    /* B is read nearly line by line: fetch 512 bytes ahead (past the
+     * bucket's end is harmless: a prefetch never faults). */
+    __builtin_prefetch(B + *b + 128);
+    const uint32_t k = ps_below16(B + *b, t);
+    const uint32_t found = k < 16;
+    *b += k;
+    out[*n] = t;
+    *n += found & (B[*b - (1 - found)] == t);
+    *a += found;
+}
+
+/* Below this many entries of A, one stream; above, two interleaved. */
+#define ISECT_SPLIT 64u
+
 uint32_t ps_post_intersect2(ps_post_iter *a, ps_post_iter *b, uint32_t *out, uint32_t cap) {
     uint32_t n = 0;
+    uint32_t tmp[PS_POST_MAX_CAP];
     while (n < cap && a->doc != PS_DOC_END && b->doc != PS_DOC_END) {
         if (b->off + 16 <= b->bucket_n) {
-            /* Both inside their buckets, b with 16 entries ahead: t is a's
-             * doc; b skips 16 at a time, then stands on its first entry
-             * >= t; a match is kept, and a moves on either way. */
+            /* Both inside their buckets, b with 16 entries ahead. A's part
+             * is cut where matches could overflow out, and at the
+             * snapshot's limit (the iterators then settle on the end). */
             const uint32_t *A = a->docs, *B = b->docs;
-            const uint32_t an = a->bucket_n, bn = b->bucket_n;
+            const uint32_t bn = b->bucket_n;
             const uint32_t lim = a->limit < b->limit ? a->limit : b->limit;
             uint32_t ai = a->off, bi = b->off;
-            bool past = false;
-            while (ai < an && bi + 16 <= bn && n < cap) {
-                const uint32_t t = A[ai];
-                if (t >= lim) {
-                    past = true;  /* beyond the snapshot: done */
-                    break;
+            uint32_t ae = a->bucket_n - ai > cap - n ? ai + (cap - n) : a->bucket_n;
+            ae = lower_bound(A, ai, ae, lim);
+            if (ae - ai >= ISECT_SPLIT) {
+                /* Two streams at once: the first half of A's part from
+                 * bi, the second from where its first doc falls in B. Each
+                 * step waits on its own loads (a chain of ~20 cycles);
+                 * two independent chains overlap. Stream 1 never passes
+                 * stream 2's start (its docs are all below it), and its
+                 * matches come first. */
+                const uint32_t am = ai + (ae - ai) / 2;
+                uint32_t a1 = ai, b1 = bi, a2 = am, b2 = lower_bound(B, bi, bn, A[am]);
+                uint32_t n2 = 0;
+                while (a1 < am && a2 < ae && b2 + 16 <= bn) {
+                    isect_step(A, &a1, B, &b1, out, &n);
+                    isect_step(A, &a2, B, &b2, tmp, &n2);
                 }
-                /* b is read nearly line by line: fetch 512 bytes ahead
-                 * (past the bucket's end is harmless: a prefetch never
-                 * faults). */
-                __builtin_prefetch(B + bi + 128);
-                /* Without a branch on the outcome (it is a coin toss):
-                 * k == 16 means t lies further on, so a stays and b moves
-                 * 16; otherwise b stands on its first entry >= t, a match
-                 * is kept, and a moves on. B[bi - 1] < t when k == 16. */
-                const uint32_t k = ps_below16(B + bi, t);
-                const uint32_t found = k < 16;
-                bi += k;
-                out[n] = t;
-                n += found & (B[bi - (1 - found)] == t);
-                ai += found;
+                while (a1 < am && b1 + 16 <= bn)
+                    isect_step(A, &a1, B, &b1, out, &n);
+                if (a1 < am) {
+                    /* stream 1 ran into the bucket's end: stream 2's work
+                     * is dropped and redone after it */
+                    ai = a1;
+                    bi = b1;
+                } else {
+                    memcpy(out + n, tmp, n2 * sizeof(*tmp));
+                    n += n2;
+                    while (a2 < ae && b2 + 16 <= bn)
+                        isect_step(A, &a2, B, &b2, out, &n);
+                    ai = a2;
+                    bi = b2;
+                }
+            } else {
+                while (ai < ae && bi + 16 <= bn)
+                    isect_step(A, &ai, B, &bi, out, &n);
             }
+            /* (read before iter_stand moves a to another bucket) */
+            const bool past = ai == ae && ae < a->bucket_n && A[ae] >= lim;
             iter_stand(a, ai);
             iter_stand(b, bi);
             if (past)
-                break;
+                break;  /* beyond the snapshot: done */
             continue;
         }
         /* One leapfrog step through the iterators: near the end of b's
