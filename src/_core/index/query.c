@@ -465,6 +465,8 @@ typedef struct qit {
     const struct qexec *ex;
     or_window *win;     /* OR with n >= 2 */
     bool terms_only;    /* AND: every operand is a TERM with postings */
+    uint32_t *batch;    /* AND of terms, not scored: matches ahead (AND_BATCH) */
+    uint32_t bpos, blen;  /* batch[bpos] is doc */
     ps_post_iter post;
 } qit;
 
@@ -479,6 +481,8 @@ typedef struct qexec {
     uint32_t term_seq;  /* it_build's preorder TERM counter */
     double k1, b, avgdl;
     bool scoring;       /* BM25 wanted: OR windows accumulate scores */
+    bool lazy;          /* it_build leaves AND/OR/AND-NOT unpositioned: the
+                         * caller's it_reset positions them (top-K ranges) */
     int order;          /* PS_ORDER_* of a search; -1 for count */
     const struct qit *root;
     bool have_threshold;  /* the top-K heap is full: ... */
@@ -495,6 +499,7 @@ static void it_free(qit *it) {
         it_free(it->c[i]);
     free(it->c);
     free(it->win);
+    free(it->batch);
     free(it);
 }
 
@@ -547,6 +552,54 @@ static inline double bm25_bound(const qexec *ex, double idf, const ps_bounds *b)
 
 static uint32_t it_next(qit *it);
 static uint32_t it_advance(qit *it, uint32_t target);
+
+/*
+ * Batched AND: an AND of terms whose matches are not scored (count, and
+ * top-K by static score or recency) takes them AND_BATCH at a time from
+ * ps_post_intersect2 (the two rarest, on their bucket arrays), filtered by
+ * any further operand; it_next and it_advance then read the batch.
+ * BM25 needs each operand standing on the document for its tf, so a
+ * scored AND leapfrogs (and_align_terms).
+ */
+#define AND_BATCH 256u
+
+static uint32_t batch_fill(qit *it) {
+    uint32_t kept = 0, got;
+    do {
+        got = ps_post_intersect2(&it->c[0]->post, &it->c[1]->post, it->batch, AND_BATCH);
+        kept = 0;
+        for (uint32_t j = 0; j < got; j++) {
+            const uint32_t d = it->batch[j];
+            uint32_t c = 2;
+            while (c < it->n && ps_post_iter_advance(&it->c[c]->post, d) == d)
+                c++;
+            if (c == it->n)
+                it->batch[kept++] = d;
+        }
+    } while (kept == 0 && got == AND_BATCH);
+    for (uint32_t i = 0; i < it->n; i++)
+        it->c[i]->doc = it->c[i]->post.doc;
+    it->bpos = 0;
+    it->blen = kept;
+    return it->doc = kept > 0 ? it->batch[0] : PS_DOC_END;
+}
+
+static uint32_t batch_next(qit *it) {
+    if (++it->bpos < it->blen)
+        return it->doc = it->batch[it->bpos];
+    return batch_fill(it);  /* PS_DOC_END once the operands are used up */
+}
+
+static uint32_t batch_advance(qit *it, uint32_t target) {
+    while (it->bpos < it->blen && it->batch[it->bpos] < target)
+        it->bpos++;
+    if (it->bpos < it->blen)
+        return it->doc = it->batch[it->bpos];
+    /* past the batch: the operands leap to target first */
+    if (ps_post_iter_advance(&it->c[0]->post, target) == PS_DOC_END)
+        return it->doc = PS_DOC_END;
+    return batch_fill(it);
+}
 
 /* and_align for an AND of terms only (the common case): the same
  * leapfrog straight on the posting iterators, without the per-step
@@ -816,6 +869,8 @@ static uint32_t it_next(qit *it) {
     case PS_Q_AND:
         if (it->win != NULL)
             return win_next(it);
+        if (it->batch != NULL)
+            return batch_next(it);
         it_next(it->c[0]);
         return and_align(it);
     case PS_Q_OR: {
@@ -848,6 +903,8 @@ static uint32_t it_advance(qit *it, uint32_t target) {
     case PS_Q_AND:
         if (it->win != NULL)
             return win_advance(it, target);
+        if (it->batch != NULL)
+            return batch_advance(it, target);
         it_advance(it->c[0], target);
         return and_align(it);
     case PS_Q_OR:
@@ -880,7 +937,8 @@ static int win_open(qit *it) {
         it_free(it);
         return -1;
     }
-    win_fill(it);
+    if (!it->ex->lazy)
+        win_fill(it);
     return 0;
 }
 
@@ -950,7 +1008,15 @@ static qit *it_build(qexec *ex, const ps_qnode *q) {
         if (it->n >= 2 && it->c[0]->cost * AND_DENSE >= ex->limit && ex->limit > 0) {
             if (win_open(it) != 0)
                 return NULL;
-        } else {
+        } else if (it->terms_only && it->n >= 2 && !ex->scoring) {
+            it->batch = malloc(AND_BATCH * sizeof(*it->batch));
+            if (it->batch == NULL) {
+                it_free(it);
+                return NULL;
+            }
+            if (!ex->lazy)
+                batch_fill(it);
+        } else if (!ex->lazy) {
             and_align(it);
         }
         break;
@@ -1033,6 +1099,10 @@ static void it_reset(qit *it, uint32_t lo, uint32_t hi) {
         it_reset(it->c[i], lo, hi);
     if (it->win != NULL) {
         win_fill(it);
+        return;
+    }
+    if (it->batch != NULL) {
+        batch_fill(it);
         return;
     }
     switch (it->kind) {
@@ -1211,11 +1281,13 @@ static int view_open(view *v, const ps_src *src, uint32_t n, const ps_qnode *q) 
 }
 
 /* Compile q for source i of the view. */
-static qit *exec_open(qexec *ex, const view *v, uint32_t i, const ps_qnode *q, bool scoring) {
+static qit *exec_open(qexec *ex, const view *v, uint32_t i, const ps_qnode *q, bool scoring,
+                      bool lazy) {
     const ps_src *src = &v->src[i];
     ex->s = src->rt;
     ex->f = src->f;
     ex->scoring = scoring;
+    ex->lazy = lazy;
     ex->order = -1;
     ex->root = NULL;
     ex->have_threshold = false;
@@ -1254,35 +1326,12 @@ static bool source_has_deletes(const ps_src *src) {
     return atomic_load_explicit(c, memory_order_relaxed) != 0;
 }
 
-/* Count an AND of terms (rarest first, leapfrogging): the first two
- * intersect a batch at a time on their bucket arrays
- * (ps_post_intersect2); each further operand and the deletion check
- * filter the batch. The iterators are used up. */
-static uint64_t count_and_terms(const qexec *ex, qit *it, bool check_deleted) {
-    uint32_t buf[256];
-    uint64_t total = 0;
-    uint32_t got;
-    do {
-        got = ps_post_intersect2(&it->c[0]->post, &it->c[1]->post, buf, 256);
-        uint32_t kept = 0;
-        for (uint32_t j = 0; j < got; j++) {
-            const uint32_t d = buf[j];
-            uint32_t c = 2;
-            while (c < it->n && ps_post_iter_advance(&it->c[c]->post, d) == d)
-                c++;
-            kept += c == it->n && !(check_deleted && doc_deleted(ex, d));
-        }
-        total += kept;
-    } while (got == 256);
-    return total;
-}
-
 static int count_one(const view *v, uint32_t i, const ps_qnode *q, uint64_t *count) {
     /* Deletes that land while the query runs may or may not be seen; if
      * there were none when it started, skip the deletion check entirely. */
     const bool check_deleted = source_has_deletes(&v->src[i]);
     qexec ex;
-    qit *it = exec_open(&ex, v, i, q, false);
+    qit *it = exec_open(&ex, v, i, q, false, false);
     if (it == NULL)
         return -1;
     uint64_t n = 0;
@@ -1298,8 +1347,17 @@ static int count_one(const view *v, uint32_t i, const ps_qnode *q, uint64_t *cou
                 n += popcount64(it->win->bits[wi]);
             win_fill(it);
         }
-    } else if (it->kind == PS_Q_AND && it->terms_only && it->n >= 2 && it->win == NULL) {
-        n = count_and_terms(&ex, it, check_deleted);
+    } else if (it->batch != NULL) {
+        /* A batched AND: whole batches at once. */
+        while (it->doc != PS_DOC_END) {
+            if (!check_deleted) {
+                n += it->blen;
+            } else {
+                for (uint32_t j = 0; j < it->blen; j++)
+                    n += !doc_deleted(&ex, it->batch[j]);
+            }
+            batch_fill(it);
+        }
     } else if (!check_deleted) {
         for (uint32_t d = it->doc; d != PS_DOC_END; d = it_next(it))
             n++;
@@ -1602,7 +1660,9 @@ static uint32_t range_width(const qit *it, uint32_t limit) {
 static int search_one(const view *v, uint32_t i, const ps_qnode *q, uint32_t k, int order,
                       uint64_t doc_base, ps_hit *out, uint32_t *np) {
     qexec ex;
-    qit *it = exec_open(&ex, v, i, q, order == PS_ORDER_BM25);
+    /* Lazy: every multi-term walk below starts with it_reset (ranges), and
+     * a one-term one positions itself block by block. */
+    qit *it = exec_open(&ex, v, i, q, order == PS_ORDER_BM25, true);
     if (it == NULL)
         return -1;
     uint32_t n = *np;
