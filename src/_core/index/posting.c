@@ -256,6 +256,34 @@ static inline uint32_t lower_bound(const uint32_t *docs, uint32_t lo, uint32_t h
     return (uint32_t)(base - docs) + (*base < target);
 }
 
+/* File list: the first block in [from, nbuckets) whose last doc is >=
+ * target (nbuckets if none). */
+static uint32_t fskip_find(const ps_post_iter *it, uint32_t from, uint32_t target) {
+    uint32_t lo = from, hi = it->nbuckets;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (it->fskip[mid].last_doc < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Realtime list: the last bucket in [from, nbuckets) whose first doc is
+ * <= target (from if none); from < nbuckets. */
+static uint32_t dir_find(const ps_post_iter *it, uint32_t from, uint32_t target) {
+    uint32_t lo = from, hi = it->nbuckets;
+    while (lo + 1 < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (it->dir[mid].first_doc <= target)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
     if (it->doc >= target)
         return it->doc;  /* also PS_DOC_END */
@@ -267,14 +295,7 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
     uint32_t from = it->off;
     if (it->docs[it->bucket_n - 1] < target && it->fdata != NULL) {
         /* Leap: the first block whose last doc is >= target. */
-        uint32_t lo = b + 1, hi = it->nbuckets;
-        while (lo < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            if (it->fskip[mid].last_doc < target)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
+        uint32_t lo = fskip_find(it, b + 1, target);
         if (lo >= it->nbuckets) {
             it->doc = PS_DOC_END;
             return PS_DOC_END;
@@ -283,19 +304,11 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
         from = 0;
     } else if (it->docs[it->bucket_n - 1] < target) {
         /* Leap: the last bucket whose first doc is <= target. */
-        uint32_t lo = b + 1, hi = it->nbuckets;
-        if (lo >= hi) {
+        if (b + 1 >= it->nbuckets) {
             it->doc = PS_DOC_END;
             return PS_DOC_END;
         }
-        while (lo + 1 < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            if (it->dir[mid].first_doc <= target)
-                lo = mid;
-            else
-                hi = mid;
-        }
-        iter_enter_bucket(it, lo, 0);
+        iter_enter_bucket(it, dir_find(it, b + 1, target), 0);
         from = 0;
     }
     /* Matches of an AND are usually near: scan the next 64 entries 16 at
@@ -450,14 +463,7 @@ uint32_t ps_post_iter_seek(ps_post_iter *it, uint32_t target, uint32_t limit) {
          * holds block it->b (decoded at open, kept at the end). */
         uint32_t blk = 0;
         if (it->fskip != NULL) {
-            uint32_t lo = 0, hi = it->nbuckets;
-            while (lo < hi) {
-                uint32_t mid = lo + (hi - lo) / 2;
-                if (it->fskip[mid].last_doc < target)
-                    lo = mid + 1;
-                else
-                    hi = mid;
-            }
+            uint32_t lo = fskip_find(it, 0, target);
             if (lo >= it->nbuckets) {
                 it->doc = PS_DOC_END;
                 return PS_DOC_END;
@@ -477,15 +483,7 @@ uint32_t ps_post_iter_seek(ps_post_iter *it, uint32_t target, uint32_t limit) {
         return iter_settle(it);
     }
     /* The last bucket whose first doc is <= target (bucket 0 if none). */
-    uint32_t lo = 0, hi = it->nbuckets;
-    while (lo + 1 < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (it->dir[mid].first_doc <= target)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    iter_enter_bucket(it, lo, 0);
+    iter_enter_bucket(it, dir_find(it, 0, target), 0);
     uint32_t k = lower_bound(it->docs, 0, it->bucket_n, target);
     if (k == it->bucket_n) {
         /* All of this bucket is below target: the next one's first doc
