@@ -27,6 +27,17 @@
  *           slices the engine picks (segment rotation), with the older
  *           segments' lookup.
  *
+ * HANDING A PARSE OVER
+ *
+ * A message written through the leaf is parsed by the writer (to refuse a
+ * bad batch) and read back by the ingest thread a moment later. mb_attach
+ * lets the ingest side take the writer's verdict instead of parsing the
+ * same bytes again: the writer's batch, kept alive by the caller, framed
+ * its partition-p messages at consecutive offsets from first_offset, so the
+ * record at offset o is its (o - first_offset)-th message of p. The bytes
+ * are compared before the verdict is taken; an attach that does not fit
+ * (a write that failed and whose offsets were reused) only costs a parse.
+ *
  * Rules live elsewhere, once: message rules in msgparse.c, the record
  * format in logrec.c, versions and deletes in segment.c. This file only
  * strings them together; mb_apply_docs is the one place that turns a run
@@ -36,7 +47,10 @@
  *
  * A batch belongs to one thread at a time (the writer thread that built it,
  * then the log appenders one partition each under their append locks,
- * which only read it: mb_frame is const; or the ingest thread). The parser
+ * which only read it: mb_frame is const; or the ingest thread). A write
+ * batch that the ingest thread attached is read by both at once: nothing
+ * writes to it after mb_route, and the hand-over to the ingest thread goes
+ * through a lock in the caller (happens-before). The parser
  * is shared read-only. The batch points into caller memory that must stay
  * alive and unchanged; its own outputs (keys, text, terms) live in its
  * mp_work, whose area may move while mb_parse runs, so pointers into it are
@@ -107,6 +121,8 @@ int mb_add(mb_batch *b, const char *raw, size_t len, int32_t partition, int64_t 
     m->len = len;
     m->partition = partition;
     m->where = where;
+    m->from = NULL;
+    m->from_index = 0;
     return 0;
 }
 
@@ -147,15 +163,55 @@ int mb_add_records(mb_batch *b, const char *buf, size_t pos, uint32_t count, int
         m->len = n;
         m->partition = partition;
         m->where = (int64_t)(first_offset + i);
+        m->from = NULL;
+        m->from_index = 0;
         pos += LR_HEADER_SIZE + n;
     }
     return 0;
 }
 
+int64_t mb_attach(mb_batch *b, const mb_batch *src, int32_t p, uint64_t first_offset) {
+    /* src's messages of partition p, in the order they were framed */
+    uint32_t count = 0;
+    for (uint32_t k = 0; k < src->nops; k++)
+        count += src->msgs[src->ops[k]].partition == p;
+    if (count == 0)
+        return 0;
+    uint32_t *mine = malloc((size_t)count * sizeof(*mine));
+    if (mine == NULL)
+        return -1;
+    count = 0;
+    for (uint32_t k = 0; k < src->nops; k++)
+        if (src->msgs[src->ops[k]].partition == p)
+            mine[count++] = src->ops[k];
+    int64_t attached = 0;
+    for (uint32_t i = b->nparsed; i < b->n; i++) {
+        mb_msg *m = &b->msgs[i];
+        if (m->partition != p || m->where < (int64_t)first_offset ||
+            (uint64_t)m->where - first_offset >= count)
+            continue;
+        const mb_msg *s = &src->msgs[mine[(uint64_t)m->where - first_offset]];
+        if (s->len != m->len || memcmp(s->raw, m->raw, m->len) != 0)
+            continue;  /* not the bytes src parsed (cannot happen; never trust it) */
+        m->from = src;
+        m->from_index = mine[(uint64_t)m->where - first_offset];
+        attached++;
+    }
+    free(mine);
+    return attached;
+}
+
 int mb_parse(mb_batch *b, const mp_parser *p, bool halt) {
     while (b->nparsed < b->n) {
         uint32_t i = b->nparsed;
-        int rc = mp_parse(p, b->work, b->msgs[i].raw, b->msgs[i].len, &b->res[i]);
+        const mb_msg *m = &b->msgs[i];
+        int rc;
+        if (m->from != NULL) {
+            b->res[i] = m->from->res[m->from_index];  /* spans into m->from's work */
+            rc = b->res[i].status;
+        } else {
+            rc = mp_parse(p, b->work, m->raw, m->len, &b->res[i]);
+        }
         b->nparsed++;
         if (rc == MP_OK) {
             b->ops[b->nops++] = i;
@@ -262,12 +318,14 @@ int mb_apply(mb_batch *b, ps_segment *s, const ps_older *older, uint32_t op_from
         ps_errf(err, errlen, "out of memory");
         return PS_ERR_NOMEM;
     }
-    const char *out = mp_work_out(b->work);
-    const mp_span *terms = mp_work_terms(b->work);
+    const char *own_out = mp_work_out(b->work);
+    const mp_span *own_terms = mp_work_terms(b->work);
     size_t t = 0;
     for (uint32_t k = 0; k < n; k++) {
         const mb_msg *m = &b->msgs[b->ops[op_from + k]];
         const mp_result *r = &b->res[b->ops[op_from + k]];
+        const char *out = m->from ? mp_work_out(m->from->work) : own_out;
+        const mp_span *terms = m->from ? mp_work_terms(m->from->work) : own_terms;
         ps_doc_in *d = &b->docs[k];
         memset(d, 0, sizeof(*d));
         d->key = out + r->key.off;

@@ -27,11 +27,17 @@
 
 #define MB_NONE UINT32_MAX
 
+struct mb_batch;
+
 typedef struct mb_msg {
     const char *raw;    /* the message's bytes (caller-owned) */
     size_t len;
     int32_t partition;  /* read side: the stream's; write side: mb_route's (-1 before) */
     int64_t where;      /* read side: the stream offset; write side: the NDJSON line (1-based) or -1 */
+    /* read side: the write batch that parsed these very bytes already
+     * (mb_attach), and the message's index there; NULL: parse it here */
+    const struct mb_batch *from;
+    uint32_t from_index;
 } mb_msg;
 
 typedef struct mb_batch {
@@ -78,7 +84,15 @@ int mb_add_lines(mb_batch *b, const char *body, size_t len);
 int mb_add_records(mb_batch *b, const char *buf, size_t pos, uint32_t count, int32_t partition,
                    uint64_t first_offset);
 
-/* Parse the messages not parsed yet. halt: stop after the first bad one.
+/* Read side: the messages of partition p at offsets first_offset ..
+ * first_offset + (src's messages routed to p) - 1 are the records src
+ * (a parsed, routed write batch) appended there: take src's verdicts for
+ * them instead of parsing them again. Before mb_parse; src must stay alive
+ * and parsed while b lives. Returns the messages attached; -1 out of memory. */
+int64_t mb_attach(mb_batch *b, const mb_batch *src, int32_t p, uint64_t first_offset);
+
+/* Parse the messages not parsed yet (attached ones copy their verdict).
+ * halt: stop after the first bad one.
  * Fills res, ops, nbad, first_bad. MP_OK, or MP_NOMEM (b->nomem set). */
 int mb_parse(mb_batch *b, const mp_parser *p, bool halt);
 

@@ -41,10 +41,10 @@ partitions, so one key's messages stay in one partition, in order; each
 partition's messages are one Log.append of the batch (framed in C under the
 partition's append lock, one write(2), atomic), and the partitions are
 appended in parallel. write returns once every append is durable under
-the fsync policy: that is the acknowledgement. The ingest thread parses
-the records again when it reads them (C, about 2 us a message, off the
-GIL): cheaper than handing parsed messages across threads. With Kafka
-the stream is written by others: write raises WritesNotAccepted.
+the fsync policy: that is the acknowledgement. The batch is then offered
+to the ingest thread (_ParsedWrites), which takes its parse for the
+records it reads back instead of parsing them again. With Kafka the
+stream is written by others: write raises WritesNotAccepted.
 
 Visibility latency
 ------------------
@@ -441,6 +441,57 @@ class _VisibilityClock:
             self._hist.observe(d)
 
 
+# ---- parsed writes, handed to the ingest thread -----------------------------------
+
+
+class _ParsedWrites:
+    """Write batches whose records are in the log, for the ingest thread to
+    take their parse (MessageBatch.attach) instead of parsing the same bytes
+    again: a record written through this leaf is parsed once.
+
+    Writers offer (partition, first offset, last offset, batch) after their
+    append; the ingest thread takes what overlaps the records it polled and
+    drops what it has read past. An offer that comes after the ingest
+    thread read those records (it can: records are readable once durable,
+    the writer returns a moment later) is dropped unused; the ingest thread
+    then parsed them itself. Bounded by MAX_MESSAGES (ingestion halted or
+    far behind: the ingest thread parses). One lock, held for dict work only."""
+
+    MAX_MESSAGES = 1 << 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[int, dict[int, tuple[int, Any]]] = {}  # p -> first -> (last, batch)
+        self._held = 0
+
+    def offer(self, partition: int, first: int, last: int, batch: Any) -> None:
+        n = last - first + 1
+        with self._lock:
+            if self._held + n <= self.MAX_MESSAGES:
+                self._parts.setdefault(partition, {})[first] = (last, batch)
+                self._held += n
+
+    def attach(self, batch: Any) -> int:
+        """Attach to a polled, unparsed batch what overlaps its records;
+        returns the messages attached."""
+        starts = batch.rewind(0)
+        ends = batch.positions()
+        take = []
+        with self._lock:
+            for p, lo in starts.items():
+                entries = self._parts.get(p)
+                if not entries:
+                    continue
+                hi = ends[p]
+                for first, (last, src) in list(entries.items()):
+                    if first < hi and last >= lo:
+                        take.append((src, p, first))
+                    if last < hi:
+                        del entries[first]
+                        self._held -= last - first + 1
+        return sum(batch.attach(src, p, first) for src, p, first in take)
+
+
 # ---- the leaf ------------------------------------------------------------------
 
 
@@ -533,7 +584,7 @@ class Leaf:
         self._halted: str | None = None
         self._ingest_error: str | None = None
         self._counts = {"records": 0, "batches": 0, "added": 0, "stale": 0, "deleted": 0,
-                        "bad": 0}
+                        "bad": 0, "parsed_by_write": 0}
         self._engine_lock = threading.Lock()  # apply and tick vs close
         self._admin_lock = threading.Lock()  # flush, compact: one at a time
         self._applied_cond = threading.Condition()
@@ -542,6 +593,7 @@ class Leaf:
         self._waits_cancelled = False
         self._visibility = _VisibilityClock(self.metrics.visibility)
         self._append_pool: ThreadPoolExecutor | None = None
+        self._parsed = _ParsedWrites()
         try:
             self._open()
             if save_schema:
@@ -639,6 +691,7 @@ class Leaf:
         """Parse and apply one polled MessageBatch (C, GIL released), then
         publish the positions after it."""
         halt = self.config.on_bad_message == "halt"
+        self._counts["parsed_by_write"] += self._parsed.attach(batch)
         batch.parse(halt)
         stop_at = None
         records = len(batch)
@@ -823,6 +876,8 @@ class Leaf:
                               lines=[line for _, _, line, _ in found])
         counts = batch.route(self.log.partitions)
         results = self._append_groups(batch, {p: n for p, n in enumerate(counts) if n})
+        for w in results:
+            self._parsed.offer(w["partition"], w["first_offset"], w["last_offset"], batch)
         self.metrics.written.inc(len(batch))
         ndel = batch.deletes
         return {"written": len(batch), "index": len(batch) - ndel, "delete": ndel,
