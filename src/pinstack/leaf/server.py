@@ -694,7 +694,8 @@ class HttpConnection(asyncio.Protocol):
                 self._set_timer("request", self.limits.request_timeout)
             return
         req = self.head.request
-        req.body = bytes(self.buf[: self.head.length])
+        with memoryview(self.buf) as view:  # one copy (a bytearray slice would be two)
+            req.body = bytes(view[: self.head.length])
         del self.buf[: self.head.length]
         self.head = None
         self.scanned = 0
@@ -712,7 +713,11 @@ class HttpConnection(asyncio.Protocol):
             del buf[:skip]
             self.scanned = 0
         start = max(0, self.scanned - 3)
-        ends = [i for i in (buf.find(b"\r\n\r\n", start), buf.find(b"\n\n", start)) if i >= 0]
+        # Only where a head can end: the buffer may already hold a big body
+        # after it (a write's NDJSON has single newlines all through it).
+        stop = self.limits.max_header_bytes + 4
+        ends = [i for i in (buf.find(b"\r\n\r\n", start, stop), buf.find(b"\n\n", start, stop))
+                if i >= 0]
         if not ends:
             self.scanned = len(buf)
             line_end = buf.find(b"\n")
