@@ -1,12 +1,13 @@
 """The embedded log's record codec as it was written in Python before it
 moved to C (src/_core/index/logrec.c): the oracle tests/test_leaf_msgbatch.py
-compares pinstack.leaf.stream.record's encode/decode (and MessageBatch's
-framing) with, byte for byte. Slow and simple on purpose; the format is
+compares pinstack.leaf.stream.record's encode/decode/scan (and
+MessageBatch's framing) with, byte for byte. Slow and simple on purpose; the format is
 docs/leaf-stream.md's.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from array import array
@@ -16,6 +17,7 @@ RECORD_HEADER = struct.Struct("<IIQ")  # crc, length, offset
 HEADER_SIZE = RECORD_HEADER.size  # 16
 MAX_RECORD_BYTES = 64 << 20
 INDEX_INTERVAL = 4096
+SCAN_CHUNK = 1 << 20
 
 _LEN_OFF = struct.Struct("<IQ")
 _CRC = struct.Struct("<I")
@@ -94,3 +96,65 @@ def decode(buf, pos: int, offset: int, max_records: int, skip_below: int = -1,
     return Decoded(out, pos, offset, None, 0)
 
 
+class Scan(NamedTuple):
+    end_pos: int  # file position after the last good record
+    end_offset: int  # offset the next record would have
+    records: int  # good records scanned
+    problem: str | None  # why the scan stopped before `limit`, if it did
+    last_index_pos: int
+
+
+def scan(
+    fd: int, pos: int, offset: int, limit: int,
+    index_offsets: array | None = None, index_positions: array | None = None,
+    last_index_pos: int = 0,
+) -> Scan:
+    """Check every record of the file region [pos, limit), first offset
+    `offset`, filling the sparse index arrays if given. Stops at the first
+    damage, or at a record cut short by `limit` (a torn tail)."""
+    count = 0
+    need = 0
+    unpack = RECORD_HEADER.unpack_from
+    indexing = index_offsets is not None
+    while pos < limit:
+        if pos + need > limit:
+            what = "record header" if need == HEADER_SIZE else "record"
+            return Scan(pos, offset, count,
+                        f"{what} cut short: {limit - pos} of {need} bytes", last_index_pos)
+        want = min(max(SCAN_CHUNK, need), limit - pos)
+        buf = os.pread(fd, want, pos)
+        if len(buf) < want:
+            return Scan(pos, offset, count, f"file ends before position {limit}",
+                        last_index_pos)
+        view = memoryview(buf)
+        at = 0
+        need = 0
+        while True:
+            if want - at < HEADER_SIZE:
+                need = HEADER_SIZE
+                break
+            crc, n, off = unpack(buf, at)
+            if off != offset:
+                return Scan(pos + at, offset, count,
+                            f"record says offset {off}, {offset} expected", last_index_pos)
+            if n > MAX_RECORD_BYTES:
+                return Scan(pos + at, offset, count, f"record length {n} over the maximum",
+                            last_index_pos)
+            body = at + HEADER_SIZE
+            if want - body < n:
+                need = HEADER_SIZE + n
+                break
+            if _crc32(view[body:body + n], _crc32(view[at + 4:body])) != crc:
+                return Scan(pos + at, offset, count, "checksum mismatch", last_index_pos)
+            if indexing and pos + at - last_index_pos >= INDEX_INTERVAL:
+                index_offsets.append(offset)
+                index_positions.append(pos + at)
+                last_index_pos = pos + at
+            at = body + n
+            offset += 1
+            count += 1
+        view.release()
+        pos += at
+        if pos == limit:
+            break
+    return Scan(pos, offset, count, None, last_index_pos)

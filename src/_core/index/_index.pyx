@@ -1119,6 +1119,7 @@ cdef extern from "logrec.h" nogil:
     enum:
         LR_HEADER_SIZE
         LR_MAX_RECORD_BYTES
+        LR_INDEX_INTERVAL
         LR_OK
         LR_BAD_OFFSET
         LR_BAD_LENGTH
@@ -1144,7 +1145,8 @@ cdef extern from "logrec.h" nogil:
                      uint64_t first_offset, uint64_t start_pos, uint64_t *last_index_pos,
                      char *out, lr_index *idx)
     void lr_decode(const char *buf, size_t len, size_t pos, uint64_t offset,
-                   uint64_t max_records, int64_t skip_below, uint64_t max_bytes, lr_decoded *out)
+                   uint64_t max_records, int64_t skip_below, uint64_t max_bytes, lr_decoded *out,
+                   uint64_t base_pos, uint64_t *last_index_pos, lr_index *idx)
     uint32_t lr_payload_len(const char *buf, size_t pos)
 
 
@@ -1236,10 +1238,13 @@ def encode_records(payloads, uint64_t first_offset, uint64_t start_pos,
 
 
 def decode_records(buf, size_t pos, uint64_t offset, max_records, skip_below=-1,
-                   max_bytes=1 << 62, bint split=True):
+                   max_bytes=1 << 62, bint split=True, index_at=None):
     """Check the records of buf[pos:] (logrec.c's lr_decode): (records,
     first_pos, pos, offset, problem, found_offset, found_length, need,
-    nbytes: the payload bytes of the records returned).
+    nbytes: the payload bytes of the records returned, index). index_at:
+    (file position of buf[0], last index position) to also get the sparse
+    index of the good records: index is then (new last index position,
+    [(offset, position)]), else None.
     records: [(offset, payload)] with split, else how many; problem: 0 none,
     1 another offset (found_offset), 2 a length over the maximum
     (found_length), 3 checksum mismatch."""
@@ -1252,8 +1257,27 @@ def decode_records(buf, size_t pos, uint64_t offset, max_records, skip_below=-1,
                                                   else <int64_t>((<uint64_t>1 << 63) - 1))
     cdef uint32_t i
     cdef size_t at, ln
+    cdef lr_index idx
+    cdef lr_index *idxp = NULL
+    cdef uint64_t base_pos = 0, last_index_pos = 0
+    idx.offsets = idx.positions = NULL
+    idx.n = 0
+    if index_at is not None:
+        base_pos, last_index_pos = index_at
+        idx.offsets = <int64_t *>PyMem_Malloc((n // LR_INDEX_INTERVAL + 2) * sizeof(int64_t))
+        idx.positions = <int64_t *>PyMem_Malloc((n // LR_INDEX_INTERVAL + 2) * sizeof(int64_t))
+        if idx.offsets == NULL or idx.positions == NULL:
+            PyMem_Free(idx.offsets)
+            PyMem_Free(idx.positions)
+            raise MemoryError()
+        idxp = &idx
     with nogil:
-        lr_decode(p, n, pos, offset, mr, skip, mbytes, &d)
+        lr_decode(p, n, pos, offset, mr, skip, mbytes, &d, base_pos, &last_index_pos, idxp)
+    index = None
+    if idxp != NULL:
+        index = (last_index_pos, [(idx.offsets[i], idx.positions[i]) for i in range(idx.n)])
+        PyMem_Free(idx.offsets)
+        PyMem_Free(idx.positions)
     if not split:
         records = d.count
     else:
@@ -1264,7 +1288,7 @@ def decode_records(buf, size_t pos, uint64_t offset, max_records, skip_below=-1,
             records.append((d.offset - d.count + i, p[at + LR_HEADER_SIZE:at + LR_HEADER_SIZE + ln]))
             at += LR_HEADER_SIZE + ln
     return (records, d.first_pos, d.pos, d.offset, d.problem, d.found_offset, d.found_length,
-            d.need, d.nbytes)
+            d.need, d.nbytes, index)
 
 
 cdef class MessageBatch:

@@ -65,7 +65,7 @@ size_t lr_encode(const char *const *payloads, const size_t *lens, uint32_t n,
         if (len)
             memcpy(o + LR_HEADER_SIZE, payloads[i], len);
         put_u32(o, record_crc(o + 4, o + LR_HEADER_SIZE, len));
-        if (pos - last >= LR_INDEX_INTERVAL) {
+        if (pos >= last + LR_INDEX_INTERVAL) {  /* (pos - last could wrap) */
             idx->offsets[idx->n] = (int64_t)offset;
             idx->positions[idx->n] = (int64_t)pos;
             idx->n++;
@@ -79,7 +79,8 @@ size_t lr_encode(const char *const *payloads, const size_t *lens, uint32_t n,
 }
 
 void lr_decode(const char *buf, size_t len, size_t pos, uint64_t offset, uint64_t max_records,
-               int64_t skip_below, uint64_t max_bytes, lr_decoded *out) {
+               int64_t skip_below, uint64_t max_bytes, lr_decoded *out,
+               uint64_t base_pos, uint64_t *last_index_pos, lr_index *idx) {
     const unsigned char *b = (const unsigned char *)buf;
     memset(out, 0, sizeof(*out));
     out->first_pos = pos;
@@ -109,6 +110,12 @@ void lr_decode(const char *buf, size_t len, size_t pos, uint64_t offset, uint64_
         if (record_crc(b + pos + 4, b + body, n) != crc) {
             out->problem = LR_BAD_CRC;
             break;
+        }
+        if (idx != NULL && base_pos + pos >= *last_index_pos + LR_INDEX_INTERVAL) {
+            idx->offsets[idx->n] = (int64_t)off;
+            idx->positions[idx->n] = (int64_t)(base_pos + pos);
+            idx->n++;
+            *last_index_pos = base_pos + pos;
         }
         if ((int64_t)off >= skip_below) {
             if (out->count == 0)

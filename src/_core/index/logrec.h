@@ -74,9 +74,14 @@ typedef struct lr_decoded {
  * come first, so the returned ones are one contiguous run). Stops once
  * max_records were returned or they hold max_bytes of payload, at the end
  * of the buffer, in front of a record that does not fit (need), or in
- * front of damage (problem). Never reads outside buf[0, len). */
+ * front of damage (problem). Never reads outside buf[0, len).
+ *
+ * idx (may be NULL): also build the sparse index of the good records, as
+ * lr_encode does, buf[0] being at file position base_pos; idx needs room
+ * for len / LR_INDEX_INTERVAL + 1 entries. */
 void lr_decode(const char *buf, size_t len, size_t pos, uint64_t offset, uint64_t max_records,
-               int64_t skip_below, uint64_t max_bytes, lr_decoded *out);
+               int64_t skip_below, uint64_t max_bytes, lr_decoded *out,
+               uint64_t base_pos, uint64_t *last_index_pos, lr_index *idx);
 
 /* The payload of the record at buf + pos, which lr_decode checked:
  * its length, and the position of the next record. */

@@ -1,6 +1,8 @@
 """The on-disk format of the embedded log: segment files of checksummed,
 self-numbered records. Pure functions over bytes and file descriptors;
-log.py owns files, locks and threads.
+log.py owns files, locks and threads. The work done per record (framing,
+checksums, the sparse index) is C, a buffer per call
+(src/_core/index/logrec.c); this module says what to do with the result.
 
 Segment file
 ------------
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from array import array
 from typing import NamedTuple
 
@@ -59,7 +60,6 @@ RESYNC_MAX_BYTES = 16 << 20  # ... and looks at most this far past the damage
 RESYNC_WINDOW = 1 << 20
 
 _OFFSET = struct.Struct("<Q")
-_crc32 = zlib.crc32
 
 
 def segment_name(base_offset: int) -> str:
@@ -126,16 +126,21 @@ def decode(buf, pos: int, offset: int, max_records: int, skip_below: int = -1,
     is only their count: they are the bytes buf[first_pos:pos], back to
     back (what MessageBatch.add_log_run takes). The checks are C
     (logrec.c's lr_decode)."""
-    records, first_pos, pos, offset, problem, found_offset, found_length, need, nbytes = \
+    records, first_pos, pos, offset, problem, found_offset, found_length, need, nbytes, _ = \
         decode_records(buf, pos, offset, max_records, skip_below, max_bytes, split)
-    what = None
-    if problem == 1:
-        what = f"record says offset {found_offset}, {offset} expected"
-    elif problem == 2:
-        what = f"record length {found_length} over the maximum"
-    elif problem == 3:
-        what = "checksum mismatch"
-    return Decoded(records, pos, offset, what, need, first_pos, nbytes)
+    return Decoded(records, pos, offset, _problem(problem, found_offset, found_length, offset),
+                   need, first_pos, nbytes)
+
+
+def _problem(code: int, found_offset: int, found_length: int, offset: int) -> str | None:
+    """decode_records' problem code as a sentence."""
+    if code == 1:
+        return f"record says offset {found_offset}, {offset} expected"
+    if code == 2:
+        return f"record length {found_length} over the maximum"
+    if code == 3:
+        return "checksum mismatch"
+    return None
 
 
 class Scan(NamedTuple):
@@ -156,7 +161,6 @@ def scan(
     damage, or at a record cut short by `limit` (a torn tail)."""
     count = 0
     need = 0
-    unpack = RECORD_HEADER.unpack_from
     indexing = index_offsets is not None
     while pos < limit:
         if pos + need > limit:
@@ -168,37 +172,22 @@ def scan(
         if len(buf) < want:
             return Scan(pos, offset, count, f"file ends before position {limit}",
                         last_index_pos)
-        view = memoryview(buf)
-        at = 0
-        need = 0
-        while True:
-            if want - at < HEADER_SIZE:
-                need = HEADER_SIZE
-                break
-            crc, n, off = unpack(buf, at)
-            if off != offset:
-                return Scan(pos + at, offset, count,
-                            f"record says offset {off}, {offset} expected", last_index_pos)
-            if n > MAX_RECORD_BYTES:
-                return Scan(pos + at, offset, count, f"record length {n} over the maximum",
-                            last_index_pos)
-            body = at + HEADER_SIZE
-            if want - body < n:
-                need = HEADER_SIZE + n
-                break
-            if _crc32(view[body:body + n], _crc32(view[at + 4:body])) != crc:
-                return Scan(pos + at, offset, count, "checksum mismatch", last_index_pos)
-            if indexing and pos + at - last_index_pos >= INDEX_INTERVAL:
-                index_offsets.append(offset)
-                index_positions.append(pos + at)
-                last_index_pos = pos + at
-            at = body + n
-            offset += 1
-            count += 1
-        view.release()
+        got, _, at, next_offset, code, found_offset, found_length, need, _, index = \
+            decode_records(buf, 0, offset, 1 << 62, -1, 1 << 62, False,
+                           (pos, last_index_pos) if indexing else None)
+        if indexing:
+            last_index_pos = index[0]
+            add_index(index[1], index_offsets, index_positions)  # type: ignore[arg-type]
+        count += got
+        problem = _problem(code, found_offset, found_length, next_offset)
+        if problem is not None:
+            return Scan(pos + at, next_offset, count, problem, last_index_pos)
+        offset = next_offset
         pos += at
         if pos == limit:
             break
+        if need == 0:
+            need = HEADER_SIZE  # the chunk ended on a record boundary: a header comes next
     return Scan(pos, offset, count, None, last_index_pos)
 
 
