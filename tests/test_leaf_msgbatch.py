@@ -26,11 +26,11 @@ import time
 import zlib
 from array import array
 
+import leaf_record_model as model
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import leaf_record_model as model
 from pinstack.leaf import RealtimeSegment
 from pinstack.leaf.message import (
     MessageError,
