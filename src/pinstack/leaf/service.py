@@ -454,22 +454,32 @@ class _ParsedWrites:
     drops what it has read past. An offer that comes after the ingest
     thread read those records (it can: records are readable once durable,
     the writer returns a moment later) is dropped unused; the ingest thread
-    then parsed them itself. Bounded by MAX_MESSAGES (ingestion halted or
-    far behind: the ingest thread parses). One lock, held for dict work only."""
+    then parsed them itself. Bounded by MAX_MESSAGES (about 1 KB each with
+    their request body and parse: ~130 MB at most; ingestion far behind:
+    later records are parsed by the ingest thread), emptied when ingestion
+    halts. One lock, held for dict work only."""
 
-    MAX_MESSAGES = 1 << 20
+    MAX_MESSAGES = 1 << 17
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._parts: dict[int, dict[int, tuple[int, Any]]] = {}  # p -> first -> (last, batch)
         self._held = 0
+        self._stopped = False
 
     def offer(self, partition: int, first: int, last: int, batch: Any) -> None:
         n = last - first + 1
         with self._lock:
-            if self._held + n <= self.MAX_MESSAGES:
+            if not self._stopped and self._held + n <= self.MAX_MESSAGES:
                 self._parts.setdefault(partition, {})[first] = (last, batch)
                 self._held += n
+
+    def stop(self) -> None:
+        """Ingestion halted: drop everything, take no more offers."""
+        with self._lock:
+            self._parts.clear()
+            self._held = 0
+            self._stopped = True
 
     def attach(self, batch: Any) -> int:
         """Attach to a polled, unparsed batch what overlaps its records;
@@ -759,6 +769,7 @@ class Leaf:
 
     def _halt(self, reason: str) -> None:
         self._halted = reason
+        self._parsed.stop()  # nothing will take them any more
         with self._applied_cond:
             self._applied_cond.notify_all()
 
