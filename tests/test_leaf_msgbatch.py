@@ -477,3 +477,37 @@ def _by_partition(msgs: list[bytes]) -> list[bytes]:
     """msgs in the order a poll of a 2-partition log returns them."""
     part = [zlib.crc32(json.loads(m)["key"].encode()) % 2 for m in msgs]
     return [m for p in range(2) for m, q in zip(msgs, part) if q == p]
+
+
+def test_parsed_writes_are_taken_once_bounded_and_dropped_on_halt(tmp_path, monkeypatch):
+    """The leaf's hand-over of write batches to the ingest thread
+    (service._ParsedWrites): what a poll covers is attached and let go,
+    what it read past is dropped, offers over the bound or after a halt
+    are refused (the ingest thread then parses)."""
+    from pinstack.leaf.service import _ParsedWrites
+
+    parsed = _ParsedWrites()
+    with Log(tmp_path / "log", partitions=1) as lg:
+        writes = []
+        for i in range(3):
+            w = new_batch(SCHEMA)
+            w.add_payloads([raw(doc(f"k{i}:{j}")) for j in range(10)])
+            w.parse()
+            w.route(1)
+            last = lg.append(0, w)
+            writes.append((last - 9, last, w))
+        parsed.offer(0, *writes[1])  # the first write is never offered
+        monkeypatch.setattr(_ParsedWrites, "MAX_MESSAGES", 20)
+        parsed.offer(0, *writes[2])
+        parsed.offer(0, 100, 109, writes[0][2])  # over the bound: refused
+        with EmbeddedSource(lg) as src:
+            read = new_batch(SCHEMA)
+            assert src.poll_into(read, 25, 0) == 25  # offsets 0..24
+            assert parsed.attach(read) == 15  # 10..24 from the two offered writes
+            assert parsed._held == 10  # the third is still needed for 25..29
+            rest = new_batch(SCHEMA)
+            assert src.poll_into(rest, 100, 0) == 5
+            assert parsed.attach(rest) == 5 and parsed._held == 0
+    parsed.stop()
+    parsed.offer(0, *writes[0])
+    assert parsed._held == 0
