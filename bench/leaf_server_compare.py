@@ -119,6 +119,7 @@ from leaf_real_corpus import (  # noqa: E402
 )
 
 SERVERS = ("ours", "tantivy")
+PHASES = ("ingest", "checks", "queries", "visibility", "inprocess")
 ORDERS = ("score", "bm25")
 TARGETS = {"visibility_p99_us_http": 5000, "ingest_docs_per_sec": 100_000,
            "qps_ratio_vs_tantivy": 1.0}
@@ -733,8 +734,18 @@ def main() -> int:
     ap.add_argument("--tmpdir", default=None, help="where the servers' data directories go")
     ap.add_argument("--quick", action="store_true",
                     help="a small run (3000 docs, short loops) to check the script works")
+    ap.add_argument("--engines", default=",".join(SERVERS),
+                    help="servers to run, comma-separated (default ours,tantivy); the "
+                         "agreement checks need both")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help=f"phases to run, comma-separated (default {','.join(PHASES)}); "
+                         "e.g. --phases ingest --engines ours to profile ingestion")
     ap.add_argument("--json", default=str(HERE / "results" / "leaf_server_compare.json"))
     args = ap.parse_args()
+    engines = tuple(n for n in SERVERS if n in args.engines.split(","))
+    phases = set(args.phases.split(","))
+    if not engines or set(args.engines.split(",")) - set(SERVERS) or phases - set(PHASES):
+        ap.error(f"--engines takes {','.join(SERVERS)}, --phases {','.join(PHASES)}")
     if args.quick:
         args.docs = min(args.docs or 3000, 3000)
         args.batch = min(args.batch, 250)
@@ -782,7 +793,7 @@ def main() -> int:
     result: dict = {"ingest": {}, "visibility": {}, "queries": {k: {} for k in QUERY_KINDS},
                     "checks": {}, "loadavg": {}, "servers": {}}
     machine = None
-    servers = {name: Server(name, tmp, schema_path) for name in SERVERS}
+    servers = {name: Server(name, tmp, schema_path) for name in engines}
     try:
         for s in servers.values():
             s.start()
@@ -790,7 +801,7 @@ def main() -> int:
         machine = machine_info(Tantivy().version)
         both = list(servers.values())
 
-        for name in SERVERS:
+        for name in engines if "ingest" in phases else ():
             wait_idle(both)
             log(f"ingest {name}: {n_docs:,} documents, {len(_INGEST_REQUESTS)} POSTs of "
                 f"{args.batch}, {args.ingest_clients} clients")
@@ -801,26 +812,30 @@ def main() -> int:
                 f"{m['server_cpu_us_per_doc']:.1f} us server CPU/doc")
         result["loadavg"]["after ingest"] = os.getloadavg()[0]
 
-        wait_idle(both)
-        log("checking that both servers agree")
-        result["checks"] = check_agreement(servers, queries)
-        for k_i, kind in enumerate(QUERY_KINDS):
+        if "checks" in phases and len(engines) == 2:
+            wait_idle(both)
+            log("checking that both servers agree")
+            result["checks"] = check_agreement(servers, queries)
+        for k_i, kind in enumerate(QUERY_KINDS if "queries" in phases else ()):
             for o_i, order in enumerate(ORDERS):
                 row = result["queries"][kind][order] = {}
-                first = SERVERS if (k_i + o_i) % 2 == 0 else SERVERS[::-1]
+                first = engines if (k_i + o_i) % 2 == 0 else engines[::-1]
                 for name in first:
                     wait_idle(both, timeout=10)
                     row[name] = query_load(servers[name], query_requests[kind][order],
                                            args.query_clients, args.queries_seconds)
                 log(f"queries {kind:12s} top10 {order:5s} " + "  ".join(
                     f"{n} {row[n]['qps']:,.0f}/s (p99 {row[n]['p99_us']:,.0f} us)"
-                    for n in SERVERS))
+                    for n in engines))
         result["loadavg"]["after queries"] = os.getloadavg()[0]
 
-        result["fsync"] = fsync_probe(tmp, args.vis_samples)
-        log(f"fdatasync of 500 B here now: p50 {result['fsync']['p50_us']:,.0f} us, "
-            f"p99 {result['fsync']['p99_us']:,.0f} us")
-        for i, name in enumerate(SERVERS):
+        if "visibility" in phases:
+            result["fsync"] = fsync_probe(tmp, args.vis_samples)
+            log(f"fdatasync of 500 B here now: p50 {result['fsync']['p50_us']:,.0f} us, "
+                f"p99 {result['fsync']['p99_us']:,.0f} us")
+        for i, name in enumerate(SERVERS if "visibility" in phases else ()):
+            if name not in engines:
+                continue
             wait_idle(both)
             log(f"visibility {name}: {args.vis_samples} samples, background "
                 f"{args.bg_rate:,.0f} docs/s")
@@ -839,10 +854,11 @@ def main() -> int:
                 log(f"{s.name} server exited with status {status}; its log:\n"
                     f"{s.log_text()[-3000:]}")
     try:
-        log("tantivy in this process")
-        result["tantivy_in_process"] = tantivy_in_process(
-            corpus, tmp, args.tantivy_heap, args.tantivy_vis_samples)
-        result["loadavg"]["after tantivy in-process"] = os.getloadavg()[0]
+        if "inprocess" in phases:
+            log("tantivy in this process")
+            result["tantivy_in_process"] = tantivy_in_process(
+                corpus, tmp, args.tantivy_heap, args.tantivy_vis_samples)
+            result["loadavg"]["after tantivy in-process"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     bad = {n: s for n, s in result["servers"].items() if s["exit_status"] != 0}
@@ -862,7 +878,7 @@ def main() -> int:
         "metrics": metrics,
         "ingest": result["ingest"],
         "visibility": result["visibility"],
-        "tantivy_in_process": result["tantivy_in_process"],
+        "tantivy_in_process": result.get("tantivy_in_process"),
         "queries": result["queries"],
         "checks": result["checks"],
         "fsync": result.get("fsync"),

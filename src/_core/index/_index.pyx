@@ -24,7 +24,7 @@ from collections import namedtuple
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.number cimport PyNumber_Index
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
@@ -135,6 +135,14 @@ cdef extern from "segfile.h" nogil:
     uint64_t ps_sf_shadow(ps_fseg *const *segs, uint32_t n)
     uint64_t ps_sf_carry_deletes(const ps_src *inp, uint32_t n, uint32_t *const *remap,
                                  ps_fseg *out)
+
+
+cdef extern from "msgbatch.h" nogil:
+    ctypedef struct mb_counts:
+        uint64_t added, stale, deleted, deletes
+
+    int mb_apply_docs(ps_segment *s, const ps_doc_in *docs, const uint8_t *is_delete, uint32_t n,
+                      const ps_older *older, mb_counts *counts, char *err, size_t errlen)
 
 
 cdef extern from *:
@@ -351,9 +359,12 @@ cdef class RealtimeSegment:
             self.seg = NULL
 
     cdef int _index(self, list docs, bint threaded, int64_t *ids, uint32_t *added,
-                    object older=None) except -1:
+                    object older=None, const uint8_t *is_delete=NULL,
+                    mb_counts *counts=NULL) except -1:
         """docs: list of 6-tuples, already type-checked by the callers'
-        unpacking below. Builds ps_doc_in[] and runs the C writer."""
+        unpacking below. Builds ps_doc_in[] and runs the C writer; with
+        is_delete, a run of mixed ops (msgbatch.c's mb_apply_docs) whose
+        counts go to *counts."""
         cdef Py_ssize_t n = len(docs), total_terms = 0, i, j, ln
         cdef ps_doc_in *ins = NULL
         cdef const char **tp = NULL
@@ -416,8 +427,12 @@ cdef class RealtimeSegment:
                     tl[at] = <uint32_t>ln
                     at += 1
             with nogil:
-                rc = ps_seg_add_batch(self.seg, ins, <uint32_t>n, threaded, olp, ids, added,
-                                      err, ERRLEN)
+                if is_delete != NULL:
+                    rc = mb_apply_docs(self.seg, ins, is_delete, <uint32_t>n, olp, counts,
+                                       err, ERRLEN)
+                else:
+                    rc = ps_seg_add_batch(self.seg, ins, <uint32_t>n, threaded, olp, ids,
+                                          added, err, ERRLEN)
             if rc != PS_OK:
                 _raise(rc, err)
         finally:
@@ -448,6 +463,35 @@ cdef class RealtimeSegment:
             batch.append(d)
         self._index(batch, True, NULL, &added, older)
         return added
+
+    def apply(self, ops, older=None):
+        """Apply ops (kind, key, version, text, terms, score, blob), kind
+        "index" or "delete", in order: each run of index ops is one
+        add_batch, each delete a versioned delete. Returns (added, stale,
+        deleted). older: as for add_batch."""
+        cdef mb_counts counts
+        cdef uint32_t added = 0
+        cdef Py_ssize_t i, n = len(ops)
+        cdef uint8_t *dels = <uint8_t *>PyMem_Malloc(n + 1)
+        memset(&counts, 0, sizeof(counts))
+        if dels == NULL:
+            raise MemoryError()
+        try:
+            batch = []
+            for i in range(n):
+                op = ops[i]
+                if not isinstance(op, tuple) or len(op) != 7:
+                    raise ValueError(f"op {i}: expected a tuple "
+                                     f"(kind, key, version, text, terms, score, blob)")
+                kind = op[0]
+                if kind != "index" and kind != "delete":
+                    raise ValueError(f"op {i}: kind must be 'index' or 'delete' (got {kind!r})")
+                dels[i] = kind == "delete"
+                batch.append(op[1:])
+            self._index(batch, True, NULL, &added, older, dels, &counts)
+        finally:
+            PyMem_Free(dels)
+        return counts.added, counts.stale, counts.deleted
 
     def delete(self, key, version=None, older=None):
         """Delete the key's live document (versioned: only if not newer). True if deleted.
@@ -825,8 +869,8 @@ def shadow(files):
 # another thread or a re-entrant call holds it) and gives it back, and the
 # GIL makes taking and giving atomic. parse() keeps the GIL for small
 # records (releasing and taking it back costs more than parsing them, and
-# can wait a whole switch interval behind another thread); parse_records()
-# releases it once for the whole batch.
+# can wait a whole switch interval behind another thread); a MessageBatch
+# (below) parses many with the GIL released once, in a work area of its own.
 
 cdef extern from "msgparse.h" nogil:
     enum:
@@ -1063,53 +1107,415 @@ cdef class MessageParser:
         finally:
             self._give(w)
 
-    def parse_records(self, records, bint halt=False):
-        """A polled batch of (partition, offset, payload) -> (ops, bad), bad
-        being [(partition, offset, error)] in order. With halt, parsing stops
-        at the first bad record (bad holds it alone). The GIL is released
-        while the batch is parsed."""
-        cdef list items = []
-        cdef Py_ssize_t n, i, done = 0
-        cdef const char **ptrs = NULL
-        cdef size_t *lens = NULL
-        cdef mp_result *res = NULL
-        cdef mp_work *w = NULL
-        cdef int rc
-        for partition, offset, payload in records:
-            items.append((partition, offset,
-                          payload if type(payload) is bytes else bytes(payload)))
-        n = len(items)
-        if n == 0:
-            return [], []
-        ptrs = <const char **>PyMem_Malloc(n * sizeof(char *))
-        lens = <size_t *>PyMem_Malloc(n * sizeof(size_t))
-        res = <mp_result *>PyMem_Malloc(n * sizeof(mp_result))
-        try:
-            if ptrs == NULL or lens == NULL or res == NULL:
+
+# ---- messages in bulk: write batches and ingest batches (msgbatch.c, logrec.c) ----------
+#
+# A MessageBatch is a C array of spans into buffers this object keeps
+# referenced (request bodies, log read buffers, Kafka payloads); parsing,
+# routing, framing and applying run in C with the GIL released. Python
+# objects are made only for what is rare: the errors of bad messages.
+
+cdef extern from "logrec.h" nogil:
+    enum:
+        LR_HEADER_SIZE
+        LR_MAX_RECORD_BYTES
+        LR_INDEX_INTERVAL
+        LR_OK
+        LR_BAD_OFFSET
+        LR_BAD_LENGTH
+        LR_BAD_CRC
+
+    ctypedef struct lr_index:
+        int64_t *offsets
+        int64_t *positions
+        uint32_t n
+
+    ctypedef struct lr_decoded:
+        size_t first_pos
+        size_t pos
+        uint64_t offset
+        uint32_t count
+        uint64_t nbytes
+        int problem
+        uint64_t found_offset
+        uint32_t found_length
+        size_t need
+
+    size_t lr_encode(const char *const *payloads, const size_t *lens, uint32_t n,
+                     uint64_t first_offset, uint64_t start_pos, uint64_t *last_index_pos,
+                     char *out, lr_index *idx)
+    void lr_decode(const char *buf, size_t len, size_t pos, uint64_t offset,
+                   uint64_t max_records, int64_t skip_below, uint64_t max_bytes, lr_decoded *out,
+                   uint64_t base_pos, uint64_t *last_index_pos, lr_index *idx)
+    uint32_t lr_payload_len(const char *buf, size_t pos)
+
+
+cdef extern from "msgbatch.h" nogil:
+    enum:
+        MB_NONE
+
+    ctypedef struct mb_msg:
+        const char *raw
+        size_t len
+        int32_t partition
+        int64_t where
+        const void *from_ "from"
+        uint32_t from_index
+
+    ctypedef struct mb_batch:
+        mb_msg *msgs
+        uint32_t n
+        mp_result *res
+        uint32_t nparsed
+        uint32_t *ops
+        uint32_t nops
+        uint32_t ndeletes
+        uint32_t nbad
+        uint32_t first_bad
+        int nomem
+        mp_work *work
+
+    mb_batch *mb_new()
+    void mb_free(mb_batch *b)
+    int mb_add(mb_batch *b, const char *raw, size_t len, int32_t partition, int64_t where)
+    int mb_add_lines(mb_batch *b, const char *body, size_t len)
+    int mb_add_records(mb_batch *b, const char *buf, size_t pos, uint32_t count,
+                       int32_t partition, uint64_t first_offset)
+    int64_t mb_attach(mb_batch *b, const mb_batch *src, int32_t p, uint64_t first_offset)
+    int mb_parse(mb_batch *b, const mp_parser *p, bint halt)
+    void mb_route(mb_batch *b, uint32_t nparts, uint32_t *counts)
+    size_t mb_framed_size(const mb_batch *b, int32_t p, uint32_t *count, size_t *longest)
+    size_t mb_frame(const mb_batch *b, int32_t p, uint64_t first_offset, uint64_t start_pos,
+                    uint64_t *last_index_pos, char *out, lr_index *idx)
+    int mb_apply(mb_batch *b, ps_segment *s, const ps_older *older, uint32_t op_from,
+                 uint32_t op_to, mb_counts *counts, char *err, size_t errlen)
+
+
+cdef extern from "Python.h":
+    object PyBytes_FromStringAndSize_NULL "PyBytes_FromStringAndSize" (void *s, Py_ssize_t n)
+
+
+cdef inline uint64_t _clamp_u64(object v):
+    return 0 if v < 0 else (<uint64_t>v if v < (1 << 63) else (<uint64_t>1 << 63))
+
+
+def encode_records(payloads, uint64_t first_offset, uint64_t start_pos,
+                   uint64_t last_index_pos, size_t max_record_bytes=LR_MAX_RECORD_BYTES):
+    """Log records for payloads (logrec.c): (data, last_index_pos, [(offset,
+    position)] sparse index entries added). ValueError for a payload over
+    max_record_bytes (at most LR_MAX_RECORD_BYTES)."""
+    cdef list items = [p if type(p) is bytes else bytes(p) for p in payloads]
+    cdef Py_ssize_t n = len(items), i
+    cdef const char **ptrs = <const char **>PyMem_Malloc((n + 1) * sizeof(char *))
+    cdef size_t *lens = <size_t *>PyMem_Malloc((n + 1) * sizeof(size_t))
+    cdef int64_t *io = <int64_t *>PyMem_Malloc((n + 1) * sizeof(int64_t))
+    cdef int64_t *ip = <int64_t *>PyMem_Malloc((n + 1) * sizeof(int64_t))
+    cdef lr_index idx
+    cdef size_t total = 0
+    cdef char *out
+    try:
+        if ptrs == NULL or lens == NULL or io == NULL or ip == NULL:
+            raise MemoryError()
+        for i in range(n):
+            ptrs[i] = PyBytes_AS_STRING(items[i])
+            lens[i] = <size_t>PyBytes_GET_SIZE(items[i])
+            if lens[i] > max_record_bytes or lens[i] > LR_MAX_RECORD_BYTES:
+                raise ValueError(f"a record is at most {max_record_bytes} bytes "
+                                 f"(got {lens[i]})")
+            total += LR_HEADER_SIZE + lens[i]
+        data = PyBytes_FromStringAndSize_NULL(NULL, <Py_ssize_t>total)
+        out = PyBytes_AS_STRING(data)
+        idx.offsets, idx.positions, idx.n = io, ip, 0
+        with nogil:
+            lr_encode(ptrs, lens, <uint32_t>n, first_offset, start_pos, &last_index_pos, out,
+                      &idx)
+        return data, last_index_pos, [(io[i], ip[i]) for i in range(idx.n)]
+    finally:
+        PyMem_Free(ptrs)
+        PyMem_Free(lens)
+        PyMem_Free(io)
+        PyMem_Free(ip)
+
+
+def decode_records(buf, size_t pos, uint64_t offset, max_records, skip_below=-1,
+                   max_bytes=1 << 62, bint split=True, index_at=None):
+    """Check the records of buf[pos:] (logrec.c's lr_decode): (records,
+    first_pos, pos, offset, problem, found_offset, found_length, need,
+    nbytes: the payload bytes of the records returned, index). index_at:
+    (file position of buf[0], last index position) to also get the sparse
+    index of the good records: index is then (new last index position,
+    [(offset, position)]), else None.
+    records: [(offset, payload)] with split, else how many; problem: 0 none,
+    1 another offset (found_offset), 2 a length over the maximum
+    (found_length), 3 checksum mismatch."""
+    cdef bytes data = buf if type(buf) is bytes else bytes(buf)
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(data)
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef lr_decoded d
+    cdef uint64_t mr = _clamp_u64(max_records), mbytes = _clamp_u64(max_bytes)
+    cdef int64_t skip = -1 if skip_below < 0 else (<int64_t>skip_below if skip_below < (1 << 63)
+                                                  else <int64_t>((<uint64_t>1 << 63) - 1))
+    cdef uint32_t i
+    cdef size_t at, ln
+    cdef lr_index idx
+    cdef lr_index *idxp = NULL
+    cdef uint64_t base_pos = 0, last_index_pos = 0
+    idx.offsets = idx.positions = NULL
+    idx.n = 0
+    if index_at is not None:
+        base_pos, last_index_pos = index_at
+        idx.offsets = <int64_t *>PyMem_Malloc((n // LR_INDEX_INTERVAL + 2) * sizeof(int64_t))
+        idx.positions = <int64_t *>PyMem_Malloc((n // LR_INDEX_INTERVAL + 2) * sizeof(int64_t))
+        if idx.offsets == NULL or idx.positions == NULL:
+            PyMem_Free(idx.offsets)
+            PyMem_Free(idx.positions)
+            raise MemoryError()
+        idxp = &idx
+    with nogil:
+        lr_decode(p, n, pos, offset, mr, skip, mbytes, &d, base_pos, &last_index_pos, idxp)
+    index = None
+    if idxp != NULL:
+        index = (last_index_pos, [(idx.offsets[i], idx.positions[i]) for i in range(idx.n)])
+        PyMem_Free(idx.offsets)
+        PyMem_Free(idx.positions)
+    if not split:
+        records = d.count
+    else:
+        records = []
+        at = d.first_pos
+        for i in range(d.count):
+            ln = lr_payload_len(p, at)
+            records.append((d.offset - d.count + i, p[at + LR_HEADER_SIZE:at + LR_HEADER_SIZE + ln]))
+            at += LR_HEADER_SIZE + ln
+    return (records, d.first_pos, d.pos, d.offset, d.problem, d.found_offset, d.found_length,
+            d.need, d.nbytes, index)
+
+
+cdef class MessageBatch:
+    """Messages in bulk for one schema's parser: see msgbatch.h. Built on
+    one thread, then used by one thread at a time (frame() from several
+    appenders at once is fine: it only reads)."""
+
+    cdef mb_batch *b
+    cdef MessageParser parser
+    cdef list refs
+    cdef readonly bint parsed
+
+    def __cinit__(self, MessageParser parser):
+        self.parser = parser
+        self.refs = []
+        self.b = mb_new()
+        if self.b == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        mb_free(self.b)
+
+    cdef inline int _check_open(self) except -1:
+        if self.parsed:
+            raise ValueError("the batch is parsed already")
+        return 0
+
+    def add_ndjson(self, bytes body):
+        """The non-blank lines of an NDJSON body, each with its line number."""
+        self._check_open()
+        self.refs.append(body)
+        if mb_add_lines(self.b, PyBytes_AS_STRING(body), <size_t>PyBytes_GET_SIZE(body)) != 0:
+            raise MemoryError()
+
+    def add_payloads(self, payloads):
+        """Messages (bytes-like), for the write side."""
+        cdef Py_ssize_t i = 0
+        self._check_open()
+        for raw in payloads:
+            if type(raw) is not bytes:
+                if not isinstance(raw, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"message {i}: expected bytes, not {type(raw).__name__}")
+                raw = bytes(raw)
+            self.refs.append(raw)
+            if mb_add(self.b, PyBytes_AS_STRING(raw), <size_t>PyBytes_GET_SIZE(raw), -1, -1):
                 raise MemoryError()
-            for i in range(n):
-                raw = (<tuple>items[i])[2]
-                ptrs[i] = PyBytes_AS_STRING(raw)
-                lens[i] = <size_t>PyBytes_GET_SIZE(raw)
-            w = self._take()
+            i += 1
+
+    def add_records(self, records):
+        """(partition, offset, payload) records, e.g. polled from Kafka."""
+        self._check_open()
+        for partition, offset, raw in records:
+            if type(raw) is not bytes:
+                raw = bytes(raw)
+            self.refs.append(raw)
+            if mb_add(self.b, PyBytes_AS_STRING(raw), <size_t>PyBytes_GET_SIZE(raw),
+                      <int32_t>partition, <int64_t>offset):
+                raise MemoryError()
+
+    def add_log_run(self, int32_t partition, bytes buf, size_t pos, uint32_t count,
+                    uint64_t first_offset):
+        """count records framed back to back at buf[pos:], which
+        decode_records checked, offsets from first_offset."""
+        self._check_open()
+        self.refs.append(buf)
+        if mb_add_records(self.b, PyBytes_AS_STRING(buf), pos, count, partition,
+                          first_offset) != 0:
+            raise MemoryError()
+
+    def attach(self, MessageBatch source, int32_t partition, uint64_t first_offset):
+        """Read side, before parse(): the messages of partition at offsets
+        from first_offset on that source (a parsed, routed write batch)
+        appended there take source's verdicts instead of being parsed
+        again (msgbatch.c, "HANDING A PARSE OVER"). Returns how many."""
+        cdef int64_t n
+        self._check_open()
+        if not source.parsed:
+            raise ValueError("attach: the source batch is not parsed")
+        n = mb_attach(self.b, source.b, partition, first_offset)
+        if n < 0:
+            raise MemoryError()
+        if n:
+            self.refs.append(source)
+        return n
+
+    def parse(self, bint halt=False):
+        """Parse every message (GIL released); with halt, stop after the
+        first bad one. Returns how many were parsed."""
+        cdef int rc
+        self._check_open()
+        self.parsed = True
+        with nogil:
+            rc = mb_parse(self.b, self.parser.p, halt)
+        if rc != MP_OK:
+            raise MemoryError()
+        return self.b.nparsed
+
+    def __len__(self):
+        return self.b.n
+
+    @property
+    def ops(self):
+        """Good messages (parsed, valid)."""
+        return self.b.nops
+
+    @property
+    def deletes(self):
+        """Delete ops among them."""
+        return self.b.ndeletes
+
+    @property
+    def bad(self):
+        return self.b.nbad
+
+    @property
+    def first_bad(self):
+        """Index of the first bad message, or None."""
+        return None if self.b.first_bad == MB_NONE else self.b.first_bad
+
+    def to_ops(self):
+        """The good messages as the parser's op_type tuples (for callers that
+        want Python objects: parse_records, engines without apply_batch)."""
+        cdef uint32_t k, i
+        cdef const mb_msg *m
+        out = []
+        for k in range(self.b.nops):
+            i = self.b.ops[k]
+            m = &self.b.msgs[i]
+            raw = PyBytes_FromStringAndSize(m.raw, <Py_ssize_t>m.len)
+            out.append(self.parser._op((<const mb_batch *>m.from_).work if m.from_ != NULL
+                                       else self.b.work, &self.b.res[i], raw))
+        return out
+
+    def errors(self):
+        """[(index, partition, where, error)] of the bad messages, in
+        order: where is the offset (read side) or the line (NDJSON, else
+        None); error is the parser's error_type."""
+        cdef uint32_t i
+        cdef const mb_msg *m
+        out = []
+        for i in range(self.b.nparsed):
+            if self.b.res[i].status != MP_OK:
+                m = &self.b.msgs[i]
+                out.append((i, None if m.partition < 0 else m.partition,
+                            None if m.where < 0 else m.where,
+                            self.parser._error(self.b.work, &self.b.res[i])))
+        return out
+
+    def route(self, uint32_t partitions):
+        """Write side: give each good message its key's partition
+        (crc32(key) % partitions); returns the count per partition."""
+        cdef uint32_t *counts = <uint32_t *>calloc(partitions + 1, sizeof(uint32_t))
+        if counts == NULL:
+            raise MemoryError()
+        try:
             with nogil:
-                while done < n:
-                    rc = mp_parse(self.p, w, ptrs[done], lens[done], &res[done])
-                    done += 1
-                    if rc == MP_NOMEM or (rc != MP_OK and halt):
-                        break
-            ops = []
-            bad = []
-            for i in range(done):
-                item = <tuple>items[i]
-                if res[i].status == MP_OK:
-                    ops.append(self._op(w, &res[i], item[2]))
-                else:
-                    bad.append((item[0], item[1], self._error(w, &res[i])))
-            return ops, bad
+                mb_route(self.b, partitions, counts)
+            return [counts[i] for i in range(partitions)]
         finally:
-            if w != NULL:
-                self._give(w)
-            PyMem_Free(ptrs)
-            PyMem_Free(lens)
-            PyMem_Free(res)
+            free(counts)
+
+    def frame(self, int32_t partition, uint64_t first_offset, uint64_t start_pos,
+              uint64_t last_index_pos, size_t max_record_bytes=LR_MAX_RECORD_BYTES):
+        """Write side: partition's good messages as log records from
+        first_offset at file position start_pos: (data, records,
+        last_index_pos, [(offset, position)] sparse index entries added)."""
+        cdef uint32_t count = 0, i
+        cdef size_t longest = 0
+        cdef size_t total = mb_framed_size(self.b, partition, &count, &longest)
+        cdef lr_index idx
+        cdef char *out
+        if longest > max_record_bytes or longest > LR_MAX_RECORD_BYTES:
+            raise ValueError(f"a record is at most {max_record_bytes} bytes (got {longest})")
+        idx.offsets = <int64_t *>PyMem_Malloc((count + 1) * sizeof(int64_t))
+        idx.positions = <int64_t *>PyMem_Malloc((count + 1) * sizeof(int64_t))
+        idx.n = 0
+        try:
+            if idx.offsets == NULL or idx.positions == NULL:
+                raise MemoryError()
+            data = PyBytes_FromStringAndSize_NULL(NULL, <Py_ssize_t>total)
+            out = PyBytes_AS_STRING(data)
+            with nogil:
+                mb_frame(self.b, partition, first_offset, start_pos, &last_index_pos, out, &idx)
+            return (data, count, last_index_pos,
+                    [(idx.offsets[i], idx.positions[i]) for i in range(idx.n)])
+        finally:
+            PyMem_Free(idx.offsets)
+            PyMem_Free(idx.positions)
+
+    def apply(self, RealtimeSegment segment, older, uint32_t op_from, uint32_t op_to):
+        """Read side: ops [op_from, op_to) (good messages, in order) into the
+        segment, GIL released. Returns (added, stale, deleted, deletes)."""
+        cdef mb_counts counts
+        cdef _Sources olds = None
+        cdef const ps_older *olp = NULL
+        cdef char err[ERRLEN]
+        cdef int rc
+        err[0] = 0
+        memset(&counts, 0, sizeof(counts))
+        if older:
+            olds = _Sources(older)
+            olp = olds.as_older()
+        with nogil:
+            rc = mb_apply(self.b, segment.seg, olp, op_from, op_to, &counts, err, ERRLEN)
+        if rc != PS_OK:
+            _raise(rc, err)
+        return counts.added, counts.stale, counts.deleted, counts.deletes
+
+    def positions(self, stop=None):
+        """Read side: {partition: offset after its last message} over the
+        messages before index stop (all by default)."""
+        cdef uint32_t i, end = self.b.n if stop is None else min(<uint32_t>stop, self.b.n)
+        cdef const mb_msg *m = self.b.msgs
+        out = {}
+        for i in range(end):  # a Python object only where a partition's run ends
+            if i + 1 == end or m[i + 1].partition != m[i].partition:
+                out[m[i].partition] = m[i].where + 1
+        return out
+
+    def rewind(self, uint32_t start):
+        """Read side: {partition: offset of its first message} over the
+        messages from index start on: where to read again from."""
+        cdef uint32_t i
+        cdef const mb_msg *m = self.b.msgs
+        out = {}
+        for i in range(start, self.b.n):
+            if (i == start or m[i - 1].partition != m[i].partition) \
+                    and m[i].partition not in out:
+                out[m[i].partition] = m[i].where
+        return out

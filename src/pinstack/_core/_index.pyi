@@ -149,6 +149,12 @@ class RealtimeSegment:
         before anything of the batch is indexed. older: the segments before
         this one, newest first (see "Many segments")."""
 
+    def apply(self, ops: Sequence[tuple[Any, ...]],
+              older: Sequence[Segment] | None = None) -> tuple[int, int, int]:
+        """ops (kind, key, version, text, terms, score, blob) with kind
+        "index" or "delete", in order: each run of index ops one add_batch,
+        each delete a versioned delete (msgbatch.c, the ingest path's own
+        walk). Returns (added, stale, deleted)."""
     def delete(self, key: Key, version: int | None = None,
                older: Sequence[Segment] | None = None) -> bool:
         """Delete the key's live document. With a version, only if the live
@@ -226,15 +232,83 @@ def shadow(files: Sequence[SegmentFile]) -> int:
 class MessageParser:
     """The C parser of leaf stream messages (src/_core/index/msgparse.c)
     for one schema; pinstack.leaf.message wraps it (parse_message,
-    parse_records), which is where to call it from. Read-only after
+    new_batch), which is where to call it from. Read-only after
     construction: any number of threads may parse at once."""
     def __init__(self, schema: dict[str, Any], op_type: Any, error_type: Any) -> None:
         """schema: Schema.to_dict() of a validated Schema; op_type: the Op
         NamedTuple; error_type(code, message) is raised for a bad message."""
     def parse(self, raw: bytes) -> Any:
         """One record -> an op_type, or raise error_type(code, message)."""
-    def parse_records(self, records: Sequence[Sequence[Any]],
-                      halt: bool = False) -> tuple[list[Any], list[tuple[int, int, Any]]]:
-        """(partition, offset, payload) records -> (ops, [(partition,
-        offset, error)]), in order; with halt, stops at the first bad one.
-        The GIL is released while the batch is parsed."""
+
+def encode_records(payloads: Sequence[bytes], first_offset: int, start_pos: int,
+                   last_index_pos: int, max_record_bytes: int = ...
+                   ) -> tuple[bytes, int, list[tuple[int, int]]]:
+    """The embedded log's records for payloads (src/_core/index/logrec.c),
+    numbered from first_offset, for file position start_pos: (data, new
+    last_index_pos, [(offset, position)] sparse index entries to add).
+    ValueError for a payload over max_record_bytes (at most 64 MiB).
+    pinstack.leaf.stream.record.encode is the caller to use."""
+def decode_records(buf: bytes, pos: int, offset: int, max_records: int,
+                   skip_below: int = -1, max_bytes: int = ..., split: bool = True
+                   ) -> tuple[Any, int, int, int, int, int, int, int, int]:
+    """Check the records of buf[pos:] (logrec.c): (records or their count,
+    first_pos, pos, next offset, problem 0..3, found_offset, found_length,
+    need, payload bytes). pinstack.leaf.stream.record.decode is the caller
+    to use."""
+
+class MessageBatch:
+    """Leaf messages in bulk (src/_core/index/msgbatch.c): spans into
+    buffers it keeps referenced, parsed, routed, framed and applied in C
+    with the GIL released, no Python object per message.
+    pinstack.leaf.message.new_batch makes one for a schema.
+
+    Write side: add_ndjson / add_payloads, parse, route, then frame per
+    partition (Log.append takes the batch). Read side: add_log_run (from
+    EmbeddedSource.poll_into) or add_records, parse, apply in slices. A
+    batch is parsed once; nothing can be added after. One thread at a
+    time, except frame(), which only reads (appenders of different
+    partitions call it at once)."""
+    parsed: bool
+    def __init__(self, parser: MessageParser) -> None: ...
+    def add_ndjson(self, body: bytes) -> None:
+        """The non-blank lines of an NDJSON body (split at "\n", trailing
+        "\r"s dropped, blank: only ASCII whitespace), numbered from 1."""
+    def add_payloads(self, payloads: Sequence[bytes]) -> None: ...
+    def add_records(self, records: Sequence[Sequence[Any]]) -> None:
+        """(partition, offset, payload) records."""
+    def add_log_run(self, partition: int, buf: bytes, pos: int, count: int,
+                    first_offset: int) -> None:
+        """count records back to back at buf[pos:] that decode_records
+        checked, offsets first_offset, first_offset + 1, ..."""
+    def parse(self, halt: bool = False) -> int:
+        """Parse every message (halt: stop after the first bad one);
+        returns how many were parsed."""
+    def __len__(self) -> int: ...
+    @property
+    def ops(self) -> int: """Good messages."""
+    @property
+    def deletes(self) -> int: """Delete ops among them."""
+    @property
+    def bad(self) -> int: ...
+    @property
+    def first_bad(self) -> int | None: ...
+    def errors(self) -> list[tuple[int, int | None, int | None, Any]]:
+        """[(index, partition, offset or NDJSON line, error)] of the bad
+        messages, in order; error is the parser's error_type."""
+    def to_ops(self) -> list[Any]:
+        """The good messages as the parser's op_type tuples."""
+    def route(self, partitions: int) -> list[int]:
+        """Give each good message its key's partition, crc32(UTF-8 key) %
+        partitions; returns the messages per partition."""
+    def frame(self, partition: int, first_offset: int, start_pos: int, last_index_pos: int,
+              max_record_bytes: int = ...) -> tuple[bytes, int, int, list[tuple[int, int]]]:
+        """That partition's good messages as log records: (data, records,
+        new last_index_pos, sparse index entries), as encode_records."""
+    def apply(self, segment: RealtimeSegment, older: Sequence[Segment] | None,
+              op_from: int, op_to: int) -> tuple[int, int, int, int]:
+        """Good messages [op_from, op_to) into the segment in stream order
+        (as RealtimeSegment.apply): (added, stale, deleted, deletes)."""
+    def positions(self, stop: int | None = None) -> dict[int, int]:
+        """{partition: offset after its last message} over messages [0, stop)."""
+    def rewind(self, start: int) -> dict[int, int]:
+        """{partition: offset of its first message} over messages [start, ...)."""

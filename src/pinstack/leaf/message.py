@@ -50,7 +50,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from pinstack._core._index import MessageParser
+from pinstack._core._index import MessageBatch, MessageParser
 
 __all__ = [
     "ApplyResult",
@@ -60,6 +60,8 @@ __all__ = [
     "Schema",
     "SchemaError",
     "apply_ops",
+    "batch_errors",
+    "new_batch",
     "parse_message",
     "parse_records",
     "segment_docs",
@@ -258,24 +260,33 @@ def apply_ops(segment: Any, ops: Sequence[Op], older: Sequence[Any] = ()) -> App
     consecutive index ops is one add_batch, each delete is a versioned
     segment.delete (which leaves a tombstone, so an older index op that
     comes later is dropped as stale). older: the leaf's older segments,
-    newest first (see RealtimeSegment.add_batch)."""
-    added = stale = deleted = 0
-    i = 0
-    n = len(ops)
-    while i < n:
-        if ops[i][0] == "delete":
-            if segment.delete(ops[i][1], ops[i][2], older=older):
-                deleted += 1
-            i += 1
-            continue
-        j = i
-        while j < n and ops[j][0] == "index":
-            j += 1
-        k = segment.add_batch([op[1:] for op in ops[i:j]], older=older)
-        added += k
-        stale += (j - i) - k
-        i = j
-    return ApplyResult(added, stale, deleted)
+    newest first (see RealtimeSegment.add_batch). The walk is C
+    (msgbatch.c's mb_apply_docs), shared with the ingest path."""
+    if not ops:
+        return ApplyResult(0, 0, 0)
+    return ApplyResult(*segment.apply(ops, older))
+
+
+def new_batch(schema: Schema) -> MessageBatch:
+    """An empty MessageBatch for the schema: messages in bulk, parsed,
+    routed, framed and applied in C with no Python object per message
+    (the leaf's write and ingest paths)."""
+    return MessageBatch(schema._parser)
+
+
+def batch_errors(batch: MessageBatch, *, halt: bool = False,
+                 log_skipped: bool = True) -> list[BadMessage]:
+    """The bad records of a parsed read-side batch, as parse_records reports
+    them: each with its partition and offset set (and, unless halting or
+    told not to, logged at WARNING as skipped)."""
+    bad: list[BadMessage] = []
+    for _, partition, offset, e in batch.errors():
+        e.partition = partition
+        e.offset = offset
+        if log_skipped and not halt:
+            log.warning("skipped a bad message: %s", e)
+        bad.append(BadMessage(partition, offset, e))
+    return bad
 
 
 def parse_records(
@@ -291,13 +302,10 @@ def parse_records(
     With halt=True the first bad record raises its MessageError instead
     (partition and offset filled in), and nothing of the batch is returned:
     the caller stops before that offset."""
-    ops, failed = schema._parser.parse_records(records, halt)  # C, GIL released
-    bad: list[BadMessage] = []
-    for partition, offset, e in failed:
-        e.partition = partition
-        e.offset = offset
-        if halt:
-            raise e
-        log.warning("skipped a bad message: %s", e)
-        bad.append(BadMessage(partition, offset, e))
-    return ops, bad
+    batch = new_batch(schema)
+    batch.add_records(records)
+    batch.parse(halt)  # C, GIL released
+    bad = batch_errors(batch, halt=halt)
+    if halt and bad:
+        raise bad[0].error
+    return batch.to_ops(), bad

@@ -211,12 +211,12 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 # ---- request bodies of POST /documents --------------------------------------------------
 
 
-def split_messages(body: bytes, content_type: str | None) -> tuple[list[bytes], list[int] | None]:
-    """The messages of a write body and, for NDJSON, their 1-based line
-    numbers. A JSON array gives its elements' exact text (each is then
-    checked by parse_message, which owns every rule of the format); NDJSON
-    gives its non-blank lines; a single JSON object is one message.
-    Without a Content-Type the first non-blank byte decides."""
+def split_messages(body: bytes, content_type: str | None) -> list[bytes] | None:
+    """The messages of a write body, or None for NDJSON (Leaf.write_ndjson
+    splits it in C: its non-blank lines, numbered from 1). A JSON array
+    gives its elements' exact text (each is then checked by the message
+    parser, which owns every rule of the format); a single JSON object is
+    one message. Without a Content-Type the first non-blank byte decides."""
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype == _CURL_DEFAULT:
         ctype = ""
@@ -227,28 +227,18 @@ def split_messages(body: bytes, content_type: str | None) -> tuple[list[bytes], 
     if start == len(body):
         raise HttpError(400, "no messages: the body is empty")
     if ctype in NDJSON_TYPES:
-        return _split_lines(body)
+        return None
     if body[start] == 0x5B:  # "["
-        return _split_array(body), None
+        return _split_array(body)
     if body[start] == 0x7B:  # "{": one object (maybe pretty-printed), or NDJSON
         try:
             text = body.decode("utf-8")
             _, end = json.JSONDecoder().raw_decode(text, _WS.match(text).end())
             if not text[end:].strip():
-                return [body], None
+                return [body]
         except (ValueError, RecursionError):
             pass  # not one object: per-line errors below say what is wrong
-    return _split_lines(body)
-
-
-def _split_lines(body: bytes) -> tuple[list[bytes], list[int]]:
-    msgs, lines = [], []
-    for n, line in enumerate(body.split(b"\n"), 1):
-        line = line.rstrip(b"\r")
-        if line.strip():
-            msgs.append(line)
-            lines.append(n)
-    return msgs, lines
+    return None
 
 
 def _split_array(body: bytes) -> list[bytes]:
@@ -457,18 +447,19 @@ class LeafApp:
 
     def _do_write(self, body: bytes, ctype: str | None, wait: float | None) -> Response:
         t0 = time.perf_counter()
-        msgs, lines = split_messages(body, ctype)
+        msgs = split_messages(body, ctype)
         try:
-            result = self.leaf.write(msgs)
+            result = self.leaf.write_ndjson(body) if msgs is None else self.leaf.write(msgs)
         except BadMessages as e:
             errors = []
-            for i, err in e.errors[:100]:
+            for (i, err), line in zip(e.errors[:100], e.lines):
                 d: dict[str, Any] = {"index": i}
-                if lines is not None:
-                    d["line"] = lines[i]
+                if line is not None:
+                    d["line"] = line
                 d.update(code=err.code, error=str(err))
                 errors.append(d)
-            where = f"line {lines[e.errors[0][0]]}" if lines else f"message {e.errors[0][0]}"
+            line = e.lines[0]
+            where = f"line {line}" if line is not None else f"message {e.errors[0][0]}"
             return error_response(
                 400, f"{len(e.errors)} of {e.total} message(s) are invalid, nothing was "
                 f"written; {where}: {e.errors[0][1]}",
@@ -703,7 +694,8 @@ class HttpConnection(asyncio.Protocol):
                 self._set_timer("request", self.limits.request_timeout)
             return
         req = self.head.request
-        req.body = bytes(self.buf[: self.head.length])
+        with memoryview(self.buf) as view:  # one copy (a bytearray slice would be two)
+            req.body = bytes(view[: self.head.length])
         del self.buf[: self.head.length]
         self.head = None
         self.scanned = 0
@@ -721,7 +713,11 @@ class HttpConnection(asyncio.Protocol):
             del buf[:skip]
             self.scanned = 0
         start = max(0, self.scanned - 3)
-        ends = [i for i in (buf.find(b"\r\n\r\n", start), buf.find(b"\n\n", start)) if i >= 0]
+        # Only where a head can end: the buffer may already hold a big body
+        # after it (a write's NDJSON has single newlines all through it).
+        stop = self.limits.max_header_bytes + 4
+        ends = [i for i in (buf.find(b"\r\n\r\n", start, stop), buf.find(b"\n\n", start, stop))
+                if i >= 0]
         if not ends:
             self.scanned = len(buf)
             line_end = buf.find(b"\n")

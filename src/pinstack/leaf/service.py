@@ -16,12 +16,15 @@ Data directory
 Ingestion
 ---------
 The ingest thread owns the Source. It seeks it to engine.checkpoint() at
-start, then loops: poll (at most POLL_TIMEOUT s, returning as soon as a
-record is readable: EmbeddedSource waits on Log.wait_any, Kafka on the
-consumer), parse_records (message.py: a bad record is logged with its
-partition and offset, counted, and skipped; or, with on_bad_message="halt",
-ingestion stops in front of it), engine.apply(ops, positions). Positions
-are those just after the applied records, for every assigned partition.
+start, then loops: poll_into a MessageBatch (at most POLL_TIMEOUT s,
+returning as soon as a record is readable: EmbeddedSource waits on
+Log.wait_any and adds the log's checked read buffers as they are, Kafka
+on the consumer), parse the batch (C, GIL released: a bad record is
+logged with its partition and offset, counted, and skipped; or, with
+on_bad_message="halt", ingestion stops in front of it),
+engine.apply_batch(batch, positions) (C, GIL released). No Python object
+is made per record. Positions are those just after the applied records,
+for every assigned partition.
 
 Readiness: the leaf is ready once, after start, the ingest thread has
 applied everything up to a total lag of at most `ready_lag` records. It
@@ -30,14 +33,18 @@ its serving pool) unless ingestion halts or the leaf is closing.
 
 Writes (embedded source only)
 -----------------------------
-write(payloads) checks every message with parse_message first: one bad
-message rejects the whole batch (BadMessages, with every error) and nothing
+write(payloads), or write_ndjson(body) (split in C), puts the messages in
+a MessageBatch and checks every one (C, GIL released): one bad message
+rejects the whole batch (BadMessages, with every error) and nothing
 reaches the log. Then each message goes to partition crc32(key) %
 partitions, so one key's messages stay in one partition, in order; each
-partition's messages are one Log.append (one write(2), atomic), and the
-partitions are appended in parallel. write returns once every append is
-durable under the fsync policy: that is the acknowledgement. With Kafka
-the stream is written by others: write raises WritesNotAccepted.
+partition's messages are one Log.append of the batch (framed in C under the
+partition's append lock, one write(2), atomic), and the partitions are
+appended in parallel. write returns once every append is durable under
+the fsync policy: that is the acknowledgement. The batch is then offered
+to the ingest thread (_ParsedWrites), which takes its parse for the
+records it reads back instead of parsing them again. With Kafka the
+stream is written by others: write raises WritesNotAccepted.
 
 Visibility latency
 ------------------
@@ -57,7 +64,7 @@ Threads: who owns what
     ingest thread    the Source; engine.apply (under _engine_lock); the lag
                      and readiness state (plain attributes it replaces
                      whole, read by others without a lock)
-    writer threads   write()/delete(): parse_message, Log.append (the Log
+    writer threads   write()/delete(): the batch's parse, Log.append (the Log
                      is thread-safe), _append_pool for the other partitions
                      of a batch; wait_visible() blocks on _applied_cond
     admin callers    flush()/compact(), one at a time (_admin_lock); the
@@ -91,11 +98,10 @@ from pinstack._core._index import parse_query
 from pinstack.leaf.engine import Engine
 from pinstack.leaf.message import (
     MessageError,
-    Op,
     Schema,
     SchemaError,
-    parse_message,
-    parse_records,
+    batch_errors,
+    new_batch,
 )
 from pinstack.leaf.stream import EmbeddedSource, Log, LogClosed, LogError
 
@@ -118,7 +124,6 @@ DEFAULT_PARTITIONS = 4
 POLL_TIMEOUT = 0.1  # s: the ingest thread notices close() within this
 POLL_MAX_RECORDS = 4096  # per engine.apply: big enough to amortize, small enough to keep
 #                          visibility smooth (add_batch commits document by document anyway)
-PARSED_MAX = 1 << 20  # parsed ops write() may hold for the ingest thread
 LAG_INTERVAL = 0.05  # s between two lag readings while records keep coming
 TICK_INTERVAL = 1.0  # s between two Engine.tick() calls while the stream is idle
 MAX_K = 10_000
@@ -149,7 +154,8 @@ class BadMessages(BadRequest):
     """A write batch with invalid messages: nothing of it was written.
     errors: [(index in the batch, MessageError)]."""
 
-    def __init__(self, errors: list[tuple[int, MessageError]], total: int) -> None:
+    def __init__(self, errors: list[tuple[int, MessageError]], total: int,
+                 lines: list[int | None] | None = None) -> None:
         n = len(errors)
         first = errors[0]
         super().__init__(
@@ -158,6 +164,7 @@ class BadMessages(BadRequest):
         )
         self.errors = errors
         self.total = total
+        self.lines = lines or [None] * n  # per error: its NDJSON line, if it came from one
 
 
 class PartialWrite(LeafError):
@@ -434,6 +441,67 @@ class _VisibilityClock:
             self._hist.observe(d)
 
 
+# ---- parsed writes, handed to the ingest thread -----------------------------------
+
+
+class _ParsedWrites:
+    """Write batches whose records are in the log, for the ingest thread to
+    take their parse (MessageBatch.attach) instead of parsing the same bytes
+    again: a record written through this leaf is parsed once.
+
+    Writers offer (partition, first offset, last offset, batch) after their
+    append; the ingest thread takes what overlaps the records it polled and
+    drops what it has read past. An offer that comes after the ingest
+    thread read those records (it can: records are readable once durable,
+    the writer returns a moment later) is dropped unused; the ingest thread
+    then parsed them itself. Bounded by MAX_MESSAGES (about 1 KB each with
+    their request body and parse: ~130 MB at most; ingestion far behind:
+    later records are parsed by the ingest thread), emptied when ingestion
+    halts. One lock, held for dict work only."""
+
+    MAX_MESSAGES = 1 << 17
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[int, dict[int, tuple[int, Any]]] = {}  # p -> first -> (last, batch)
+        self._held = 0
+        self._stopped = False
+
+    def offer(self, partition: int, first: int, last: int, batch: Any) -> None:
+        n = last - first + 1
+        with self._lock:
+            if not self._stopped and self._held + n <= self.MAX_MESSAGES:
+                self._parts.setdefault(partition, {})[first] = (last, batch)
+                self._held += n
+
+    def stop(self) -> None:
+        """Ingestion halted: drop everything, take no more offers."""
+        with self._lock:
+            self._parts.clear()
+            self._held = 0
+            self._stopped = True
+
+    def attach(self, batch: Any) -> int:
+        """Attach to a polled, unparsed batch what overlaps its records;
+        returns the messages attached."""
+        starts = batch.rewind(0)
+        ends = batch.positions()
+        take = []
+        with self._lock:
+            for p, lo in starts.items():
+                entries = self._parts.get(p)
+                if not entries:
+                    continue
+                hi = ends[p]
+                for first, (last, src) in list(entries.items()):
+                    if first < hi and last >= lo:
+                        take.append((src, p, first))
+                    if last < hi:
+                        del entries[first]
+                        self._held -= last - first + 1
+        return sum(batch.attach(src, p, first) for src, p, first in take)
+
+
 # ---- the leaf ------------------------------------------------------------------
 
 
@@ -535,15 +603,7 @@ class Leaf:
         self._waits_cancelled = False
         self._visibility = _VisibilityClock(self.metrics.visibility)
         self._append_pool: ThreadPoolExecutor | None = None
-        # Ops that write() has parsed already, by the record's bytes, for
-        # the ingest thread to take instead of parsing the record again
-        # (parsing is most of ingestion's CPU). Offered before the append
-        # (the ingest thread may read a record the moment it is durable);
-        # parsing is a function of the bytes, so equal bytes give an equal
-        # op. Withdrawn if the append fails; bounded (PARSED_MAX) for when
-        # ingestion is halted or far behind: the ingest thread then parses.
-        self._parsed: dict[bytes, Op] = {}
-        self._parsed_lock = threading.Lock()
+        self._parsed = _ParsedWrites()
         try:
             self._open()
             if save_schema:
@@ -610,8 +670,9 @@ class Leaf:
                 self._read_lag()
                 self._stop.wait(1.0)
                 continue
+            batch = new_batch(self.schema)
             try:
-                records = src.poll(self.config.poll_max_records, POLL_TIMEOUT)
+                records = src.poll_into(batch, self.config.poll_max_records, POLL_TIMEOUT)
             except Exception as e:  # noqa: BLE001 - reported, retried
                 backoff = min(5.0, backoff * 2 or 0.1)
                 self._report_ingest_error(f"reading the stream failed: {e}")
@@ -621,7 +682,7 @@ class Leaf:
             now = time.monotonic()
             try:
                 if records:
-                    self._apply(records)
+                    self._apply(batch)
                 if now - last_tick >= TICK_INTERVAL:
                     last_tick = now
                     with self._engine_lock:
@@ -636,68 +697,38 @@ class Leaf:
                 last_lag = now
                 self._read_lag()
 
-    def _parse(self, records: list, halt: bool) -> tuple[list[Op], list[Any]]:
-        """parse_records, taking the ops write() parsed already."""
-        if not self._parsed:
-            return parse_records(records, self.schema, halt=halt)
-        ops: list[Op] = []
-        bad: list[Any] = []
-        pending: list[Any] = []
-
-        def parse_pending() -> None:
-            if pending:
-                o, b = parse_records(pending, self.schema, halt=halt)
-                ops.extend(o)
-                bad.extend(b)
-                pending.clear()
-
-        with self._parsed_lock:
-            taken = [self._parsed.pop(r[2], None) for r in records]
-        for r, op in zip(records, taken):
-            if op is None:
-                pending.append(r)
-            else:
-                parse_pending()
-                ops.append(op)
-        parse_pending()
-        self._counts["parsed_by_write"] += len(records) - sum(op is None for op in taken)
-        return ops, bad
-
-    def _offer_parsed(self, raws: list[bytes], ops: list[Op]) -> None:
-        with self._parsed_lock:
-            if len(self._parsed) + len(raws) <= PARSED_MAX:
-                self._parsed.update(zip(raws, ops))
-
-    def _withdraw_parsed(self, raws: list[bytes]) -> None:
-        with self._parsed_lock:
-            for raw in raws:
-                self._parsed.pop(raw, None)
-
-    def _apply(self, records: list) -> None:
-        try:
-            ops, bad = self._parse(records, halt=self.config.on_bad_message == "halt")
-            stop_at = None
-        except MessageError as e:
-            # halt policy: apply what is in front of the bad record, then stop there.
-            i = next(i for i, r in enumerate(records)
-                     if r[0] == e.partition and r[1] == e.offset)
-            stop_at, records = (e, records[i:]), records[:i]
-            ops, bad = parse_records(records, self.schema)
+    def _apply(self, batch: Any) -> None:
+        """Parse and apply one polled MessageBatch (C, GIL released), then
+        publish the positions after it."""
+        halt = self.config.on_bad_message == "halt"
+        self._counts["parsed_by_write"] += self._parsed.attach(batch)
+        batch.parse(halt)
+        stop_at = None
+        records = len(batch)
         positions = dict(self._positions)
-        for r in records:
-            positions[r[0]] = r[1] + 1
-        if stop_at is not None:
-            # Records from the bad one on are not applied: rewind the source to them.
-            for r in reversed(stop_at[1]):
-                positions[r[0]] = r[1]
+        if halt and batch.first_bad is not None:
+            # halt policy: apply what is in front of the bad record (parsing
+            # stopped at it), then stop there: rewind the source to it.
+            records = batch.first_bad
+            stop_at = batch_errors(batch, halt=True)[0].error
+            positions.update(batch.positions(records))
+            positions.update(batch.rewind(records))
             for p, off in positions.items():
                 if self.source.position(p) != off:
                     self.source.seek(p, off)
+            bad: list[Any] = []
+        else:
+            bad = batch_errors(batch) if batch.bad else []
+            positions.update(batch.positions())
+        apply_batch = getattr(self.engine, "apply_batch", None)
         t0 = time.monotonic()
         with self._engine_lock:
             if self.closed:
                 return
-            result = self.engine.apply(ops, positions)
+            if apply_batch is not None:
+                result = apply_batch(batch, positions)
+            else:  # an engine that takes Op lists (the benchmarks' tantivy)
+                result = self.engine.apply(batch.to_ops(), positions)
         now = time.monotonic()
         m = self.metrics
         m.apply_seconds.observe(now - t0)
@@ -706,8 +737,8 @@ class Leaf:
         with self._applied_cond:
             self._positions = positions
             self._applied_cond.notify_all()
-        ndel = sum(1 for op in ops if op[0] == "delete")
-        m.ingested.inc(len(records))
+        ndel = batch.deletes
+        m.ingested.inc(records)
         m.applied.labels("added").inc(result.added)
         m.applied.labels("stale").inc(result.stale)
         m.applied.labels("deleted").inc(result.deleted)
@@ -715,7 +746,7 @@ class Leaf:
         for b in bad:
             m.bad.labels(b.error.code).inc()
         c = self._counts
-        c["records"] += len(records)
+        c["records"] += records
         c["batches"] += 1
         c["added"] += result.added
         c["stale"] += result.stale
@@ -723,9 +754,9 @@ class Leaf:
         c["bad"] += len(bad)
         self._ingest_error = None
         if stop_at is not None:
-            e = stop_at[0]
-            log.error("ingestion halted in front of a bad message (on_bad_message=halt): %s", e)
-            self._halt(f"bad message at {e}")
+            log.error("ingestion halted in front of a bad message (on_bad_message=halt): %s",
+                      stop_at)
+            self._halt(f"bad message at {stop_at}")
 
     def _retain(self) -> None:
         """log_retention="checkpoint": drop log files the durable index
@@ -738,6 +769,7 @@ class Leaf:
 
     def _halt(self, reason: str) -> None:
         self._halted = reason
+        self._parsed.stop()  # nothing will take them any more
         with self._applied_cond:
             self._applied_cond.notify_all()
 
@@ -807,7 +839,8 @@ class Leaf:
 
     def partition_of(self, key: str) -> int:
         """The partition a key's messages go to: stable across restarts and
-        processes (crc32 of its UTF-8), so a key's order is kept."""
+        processes (crc32 of its UTF-8), so a key's order is kept. Writes
+        route in C (MessageBatch.route) by the same rule."""
         assert self.log is not None
         return zlib.crc32(key.encode("utf-8")) % self.log.partitions
 
@@ -816,77 +849,86 @@ class Leaf:
         {"written", "index", "delete", "partitions": [{partition,
         first_offset, last_offset, records}]}. Raises BadMessages (nothing
         written), WritesNotAccepted, PartialWrite or LeafError."""
+        self._check_writable()
+        if not payloads:
+            raise BadRequest("no messages to write")
+        batch = new_batch(self.schema)
+        batch.add_payloads(payloads)
+        return self._write_batch(batch)
+
+    def write_ndjson(self, body: bytes) -> dict[str, Any]:
+        """write() for an NDJSON body: one message a line, blank lines
+        skipped, split in C. A BadMessages says each bad message's line
+        (its `lines`)."""
+        self._check_writable()
+        batch = new_batch(self.schema)
+        batch.add_ndjson(body)
+        if not len(batch):
+            raise BadRequest("no messages to write")
+        return self._write_batch(batch)
+
+    def _check_writable(self) -> None:
         if self.log is None:
             raise WritesNotAccepted(
                 f"this leaf reads Kafka topic {self.config.kafka_topic!r} at "
                 f"{self.config.kafka_brokers}: write to the topic, not to the leaf")
-        if not payloads:
-            raise BadRequest("no messages to write")
-        ops: list[Op] = []
-        errors: list[tuple[int, MessageError]] = []
-        for i, raw in enumerate(payloads):
-            try:
-                ops.append(parse_message(raw, self.schema))
-            except MessageError as e:
-                errors.append((i, e))
-        if errors:
-            for _, e in errors:
+
+    def _write_batch(self, batch: Any) -> dict[str, Any]:
+        """Parse (C, GIL released; one bad message rejects the batch, every
+        error listed), route each message to its key's partition, append
+        each partition's share (framed in C under the log's lock)."""
+        assert self.log is not None
+        batch.parse()
+        if batch.bad:
+            found = batch.errors()
+            for _, _, _, e in found:
                 self.metrics.rejected.labels(e.code).inc()
-            raise BadMessages(errors, len(payloads))
-        groups: dict[int, list[bytes]] = {}
-        raws = [bytes(raw) for raw in payloads]
-        for op, raw in zip(ops, raws):
-            groups.setdefault(self.partition_of(op.key), []).append(raw)
-        self._offer_parsed(raws, ops)
-        try:
-            results = self._append_groups(groups)
-        except PartialWrite as e:
-            for f in e.failed:
-                self._withdraw_parsed(groups[f["partition"]])
-            raise
-        except BaseException:
-            self._withdraw_parsed(raws)
-            raise
-        self.metrics.written.inc(len(payloads))
-        ndel = sum(1 for op in ops if op.kind == "delete")
-        return {"written": len(payloads), "index": len(ops) - ndel, "delete": ndel,
+            raise BadMessages([(i, e) for i, _, _, e in found], len(batch),
+                              lines=[line for _, _, line, _ in found])
+        counts = batch.route(self.log.partitions)
+        results = self._append_groups(batch, {p: n for p, n in enumerate(counts) if n})
+        for w in results:
+            self._parsed.offer(w["partition"], w["first_offset"], w["last_offset"], batch)
+        self.metrics.written.inc(len(batch))
+        ndel = batch.deletes
+        return {"written": len(batch), "index": len(batch) - ndel, "delete": ndel,
                 "partitions": results}
 
-    def _append_groups(self, groups: dict[int, list[bytes]]) -> list[dict[str, Any]]:
-        """One Log.append per partition, in parallel (each waits for its
-        fsync; with an interval policy sequential appends would wait one
-        interval each)."""
+    def _append_groups(self, batch: Any, groups: dict[int, int]) -> list[dict[str, Any]]:
+        """One Log.append per partition (groups: partition -> its
+        messages), in parallel (each waits for its fsync; with an interval
+        policy sequential appends would wait one interval each)."""
         t0 = time.monotonic()
         assert self.log is not None and self._append_pool is not None
         items = sorted(groups.items())
-        futures: list[tuple[int, list[bytes], Any]] = []
-        for p, recs in items[1:]:
+        futures: list[tuple[int, int, Any]] = []
+        for p, n in items[1:]:
             try:
-                futures.append((p, recs, self._append_pool.submit(self.log.append, p, recs)))
+                futures.append((p, n, self._append_pool.submit(self.log.append, p, batch)))
             except RuntimeError:  # the pool is shut down: close() has begun
-                futures.append((p, recs, None))
-        outcome: list[tuple[int, list[bytes], Any]] = []
-        p0, recs0 = items[0]
+                futures.append((p, n, None))
+        outcome: list[tuple[int, int, Any]] = []
+        p0, n0 = items[0]
         try:
-            outcome.append((p0, recs0, self.log.append(p0, recs0)))
+            outcome.append((p0, n0, self.log.append(p0, batch)))
         except Exception as e:  # noqa: BLE001 - collected below
-            outcome.append((p0, recs0, e))
-        for p, recs, fut in futures:
+            outcome.append((p0, n0, e))
+        for p, n, fut in futures:
             if fut is None:
-                outcome.append((p, recs, LogClosed("the leaf is shutting down")))
+                outcome.append((p, n, LogClosed("the leaf is shutting down")))
                 continue
             try:
-                outcome.append((p, recs, fut.result()))
+                outcome.append((p, n, fut.result()))
             except Exception as e:  # noqa: BLE001
-                outcome.append((p, recs, e))
+                outcome.append((p, n, e))
         written, failed = [], []
-        for p, recs, res in outcome:
+        for p, n, res in outcome:
             if isinstance(res, Exception):
-                failed.append({"partition": p, "records": len(recs), "error": str(res)})
+                failed.append({"partition": p, "records": n, "error": str(res)})
             else:
                 self._visibility.appended(p, res, t0)
-                written.append({"partition": p, "first_offset": res - len(recs) + 1,
-                                "last_offset": res, "records": len(recs)})
+                written.append({"partition": p, "first_offset": res - n + 1,
+                                "last_offset": res, "records": n})
         if failed:
             closed = any(isinstance(r, LogClosed) for _, _, r in outcome)
             what = "the leaf is shutting down" if closed else failed[0]["error"]

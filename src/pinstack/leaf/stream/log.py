@@ -99,6 +99,8 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from pinstack._core._index import MessageBatch, encode_records
+
 from . import record as rec
 
 __all__ = [
@@ -520,18 +522,44 @@ class Log:
         if self._closed:
             raise LogClosed(f"log {self.path} is closed")
 
-    def append(self, partition: int, payloads: Sequence[bytes]) -> int:
+    def append(self, partition: int, payloads: Sequence[bytes] | MessageBatch) -> int:
         """Append records (bytes) to a partition; returns the last one's
-        offset once all of them are durable per the fsync policy."""
+        offset once all of them are durable per the fsync policy.
+
+        payloads may also be a parsed and routed MessageBatch (the leaf's
+        writes): the messages it routed to this partition are appended,
+        framed in C under the append lock without an object per record."""
         part = self._part(partition)
+        limit = rec.MAX_RECORD_BYTES
+        if isinstance(payloads, MessageBatch):
+            batch = payloads
+
+            def frame(first: int, pos: int, last_index_pos: int) -> tuple:
+                out = batch.frame(partition, first, pos, last_index_pos, limit)
+                if out[1] == 0:
+                    raise ValueError(f"append: the batch has nothing for partition {partition}")
+                return out
+
+            return self._append(part, frame)
         if isinstance(payloads, (bytes, bytearray, memoryview, str)):
             raise TypeError("append takes a list of payloads, not one payload")
-        n = len(payloads)
-        if n == 0:
+        if len(payloads) == 0:
             raise ValueError("append: empty batch")
         for p in payloads:
             if type(p) is not bytes and not isinstance(p, (bytes, bytearray)):
                 raise TypeError(f"a payload must be bytes, not {type(p).__name__}")
+
+        def frame_payloads(first: int, pos: int, last_index_pos: int) -> tuple:
+            data, last, entries = encode_records(payloads, first, pos, last_index_pos, limit)
+            return data, len(payloads), last, entries
+
+        return self._append(part, frame_payloads)
+
+    def _append(self, part: _Partition, frame: Any) -> int:
+        """One append: frame(first offset, file position, last index
+        position) -> (data, records, new last index position, [(offset,
+        position)] index entries to add) is called under the append lock,
+        the data written with one write(2), then made durable."""
         with part.append_lock:
             self._check_open()
             seg = part.segments[-1]
@@ -540,9 +568,8 @@ class Log:
             first = seg.end_offset
             old_size, old_last = seg.size, seg.last_index_pos
             nidx = len(seg.idx_off)
-            data, seg.last_index_pos = rec.encode(
-                payloads, first, old_size, old_last, seg.idx_off, seg.idx_pos
-            )
+            data, n, seg.last_index_pos, entries = frame(first, old_size, old_last)
+            rec.add_index(entries, seg.idx_off, seg.idx_pos)
             try:
                 self._write(seg.fd, data)
             except OSError as e:
@@ -553,7 +580,7 @@ class Log:
                     os.ftruncate(seg.fd, old_size)
                 except OSError as e2:
                     self._fail(e2)
-                raise LogError(f"partition {partition}: append failed: {e}") from e
+                raise LogError(f"partition {part.id}: append failed: {e}") from e
             seg.size = old_size + len(data)
             seg.end_offset = first + n
             part.written_end = first + n
@@ -709,6 +736,19 @@ class Log:
                    max_bytes: int = 16 << 20) -> tuple[list[tuple[int, bytes]], int]:
         """read(), plus the offset to read next: one past the last record
         returned, or further when on_corrupt="skip" stepped over damage."""
+        out, nxt, _ = self._read(partition, offset, max_records, max_bytes, False)
+        return out, nxt
+
+    def read_runs(self, partition: int, offset: int, max_records: int = 1000,
+                  max_bytes: int = 16 << 20) -> tuple[list[tuple[bytes, int, int, int]], int, int]:
+        """read_batch() without an object per record: ([(buf, position,
+        count, first offset)], next offset, records). Each run is `count`
+        checked records back to back in buf from position on, with offsets
+        first offset, first offset + 1, ... (MessageBatch.add_log_run)."""
+        return self._read(partition, offset, max_records, max_bytes, True)
+
+    def _read(self, partition: int, offset: int, max_records: int, max_bytes: int,
+              runs: bool) -> tuple[list[Any], int, int]:
         part = self._part(partition)
         if type(offset) is not int:
             raise TypeError(f"offset must be an int, not {type(offset).__name__}")
@@ -720,12 +760,13 @@ class Log:
         start = segs[0].base
         if not start <= offset <= end:
             raise OffsetOutOfRange(partition, offset, start, end)
-        out: list[tuple[int, bytes]] = []
+        out: list[Any] = []
         if offset == end or max_records < 1:
-            return out, offset
+            return out, offset, 0
         i = bisect_right(bases, offset) - 1
-        nbytes = [0]
-        while i < len(segs) and offset < end and len(out) < max_records and nbytes[0] < max_bytes:
+        state = [0, 0, runs]  # records and payload bytes so far, the mode
+        while i < len(segs) and offset < end and state[0] < max_records \
+                and state[1] < max_bytes:
             seg = segs[i]
             last = i == len(segs) - 1
             seg_end = end if last else min(bases[i + 1], end)
@@ -740,13 +781,13 @@ class Log:
             try:
                 offset = self._read_segment(part, seg, offset, seg_end,
                                             active_limit if last else seg.size,
-                                            max_records, max_bytes, out, nbytes)
+                                            max_records, max_bytes, out, state)
             finally:
                 self._release(part, seg)
             if offset < seg_end:
                 break  # stopped by a limit or by damage under "stop"
             i += 1
-        return out, offset
+        return out, offset, state[0]
 
     def _release(self, part: _Partition, seg: _Segment) -> None:
         with part.cond:
@@ -760,14 +801,17 @@ class Log:
 
     def _read_segment(self, part: _Partition, seg: _Segment, offset: int, seg_end: int,
                       limit: int, max_records: int, max_bytes: int,
-                      out: list, nbytes: list) -> int:
+                      out: list, state: list) -> int:
         """Append the records [offset, seg_end) of one segment to out (within
-        the limits); returns the next offset to read."""
+        the limits): (offset, payload) tuples, or runs (buf, position,
+        count, first offset) when state[2]; state[0] and state[1] count
+        records and payload bytes. Returns the next offset to read."""
         if not seg.indexed and offset > seg.base:
             self._index_lazily(seg)
         pos, off = seg.floor(offset)
         need = 0
-        while off < seg_end and len(out) < max_records and nbytes[0] < max_bytes:
+        runs = state[2]
+        while off < seg_end and state[0] < max_records and state[1] < max_bytes:
             problem = None
             if pos >= limit:
                 if not seg.sealed:
@@ -776,14 +820,25 @@ class Log:
             else:
                 want = min(max(READ_CHUNK, need), limit - pos)
                 buf = os.pread(seg.fd, want, pos)
-                d = rec.decode(buf, 0, off, max_records - len(out), offset,
-                               max_bytes - nbytes[0])
-                got = d.records
-                if got and got[-1][0] >= seg_end:  # overlaps the next segment: not ours
-                    got = [r for r in got if r[0] < seg_end]
-                for r in got:
-                    nbytes[0] += len(r[1])
-                out.extend(got)
+                d = rec.decode(buf, 0, off, max_records - state[0], offset,
+                               max_bytes - state[1], split=not runs)
+                if runs:
+                    count = d.records
+                    first = d.offset - count
+                    if count and d.offset > seg_end:  # overlaps the next segment: not ours
+                        count = max(0, seg_end - first)
+                    if count:
+                        out.append((buf, d.first_pos, count, first))
+                        state[0] += count
+                        state[1] += d.nbytes
+                else:
+                    got = d.records
+                    if got and got[-1][0] >= seg_end:  # overlaps the next segment: not ours
+                        got = [r for r in got if r[0] < seg_end]
+                    for r in got:
+                        state[1] += len(r[1])
+                    out.extend(got)
+                    state[0] += len(got)
                 pos += d.pos
                 off = d.offset
                 need = d.need
@@ -794,7 +849,7 @@ class Log:
                 continue
             # Damage at pos, where offset `off` was expected.
             if off >= offset and self.on_corrupt == "stop":
-                if out:
+                if state[0]:
                     return off  # the good records now, the error on the next read
                 raise CorruptRecordError(part.id, off, seg.path, pos, problem)
             nxt = rec.find_next_valid(seg.fd, pos, off, limit) if pos < limit else None

@@ -1,6 +1,8 @@
 """The on-disk format of the embedded log: segment files of checksummed,
 self-numbered records. Pure functions over bytes and file descriptors;
-log.py owns files, locks and threads.
+log.py owns files, locks and threads. The work done per record (framing,
+checksums, the sparse index) is C, a buffer per call
+(src/_core/index/logrec.c); this module says what to do with the result.
 
 Segment file
 ------------
@@ -40,9 +42,10 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from array import array
 from typing import NamedTuple
+
+from pinstack._core._index import decode_records, encode_records
 
 FILE_MAGIC = b"PSLOGv1\n"
 FILE_HEADER = struct.Struct("<8sQ")  # magic, base offset
@@ -56,10 +59,7 @@ RESYNC_MAX_RECORDS = 256  # find_next_valid skips at most this many damaged reco
 RESYNC_MAX_BYTES = 16 << 20  # ... and looks at most this far past the damage
 RESYNC_WINDOW = 1 << 20
 
-_LEN_OFF = struct.Struct("<IQ")
-_CRC = struct.Struct("<I")
 _OFFSET = struct.Struct("<Q")
-_crc32 = zlib.crc32
 
 
 def segment_name(base_offset: int) -> str:
@@ -90,69 +90,57 @@ def encode(
     """The bytes of records for payloads, numbered from first_offset, to be
     written at file position start_pos. Appends a sparse index entry to
     index_offsets/index_positions whenever INDEX_INTERVAL bytes have passed
-    since last_index_pos; returns (data, new last_index_pos)."""
-    parts = []
-    append = parts.append
-    pack_lo = _LEN_OFF.pack
-    pack_crc = _CRC.pack
-    pos = start_pos
-    offset = first_offset
-    for p in payloads:
-        n = len(p)
-        if n > MAX_RECORD_BYTES:
-            raise ValueError(f"a record is at most {MAX_RECORD_BYTES} bytes (got {n})")
-        lo = pack_lo(n, offset)
-        append(pack_crc(_crc32(p, _crc32(lo))))
-        append(lo)
-        append(p)
-        if pos - last_index_pos >= INDEX_INTERVAL:
-            index_offsets.append(offset)
-            index_positions.append(pos)
-            last_index_pos = pos
-        pos += HEADER_SIZE + n
-        offset += 1
-    return b"".join(parts), last_index_pos
+    since last_index_pos; returns (data, new last_index_pos). The framing is
+    C (src/_core/index/logrec.c), one call for the batch."""
+    data, last_index_pos, entries = encode_records(payloads, first_offset, start_pos,
+                                                   last_index_pos, MAX_RECORD_BYTES)
+    add_index(entries, index_offsets, index_positions)
+    return data, last_index_pos
+
+
+def add_index(entries: list[tuple[int, int]], index_offsets: array,
+              index_positions: array) -> None:
+    """Append (offset, position) sparse index entries to the two arrays."""
+    for off, pos in entries:
+        index_offsets.append(off)
+        index_positions.append(pos)
 
 
 class Decoded(NamedTuple):
-    records: list  # [(offset, payload bytes)] for offsets >= skip_below
+    records: list  # [(offset, payload bytes)] for offsets >= skip_below (a count if not split)
     pos: int  # buffer position after the last whole record decoded
     offset: int  # offset of the next record (at pos)
     problem: str | None  # damage found at pos, if any
     need: int  # bytes the record at pos needs when it did not fit (else 0)
+    first_pos: int = 0  # position of the first record returned (the rest follow it)
+    nbytes: int = 0  # payload bytes of the records returned
 
 
 def decode(buf, pos: int, offset: int, max_records: int, skip_below: int = -1,
-           max_bytes: int = 1 << 62) -> Decoded:
+           max_bytes: int = 1 << 62, split: bool = True) -> Decoded:
     """Records from buf[pos:] (bytes), the first expected to carry `offset`. Stops
     after max_records returned records or once they hold max_bytes of
     payload, at the end of buf, in front of a record that does not fit
     (need > 0) or in front of damage (problem). Records with offsets below
-    skip_below are checked but not returned."""
-    out: list = []
-    end = len(buf)
-    unpack = RECORD_HEADER.unpack_from
-    nbytes = 0
-    while len(out) < max_records and nbytes < max_bytes:
-        if end - pos < HEADER_SIZE:
-            return Decoded(out, pos, offset, None, HEADER_SIZE if pos < end else 0)
-        crc, n, off = unpack(buf, pos)
-        if off != offset:
-            return Decoded(out, pos, offset, f"record says offset {off}, {offset} expected", 0)
-        if n > MAX_RECORD_BYTES:
-            return Decoded(out, pos, offset, f"record length {n} over the maximum", 0)
-        body = pos + HEADER_SIZE
-        if end - body < n:
-            return Decoded(out, pos, offset, None, HEADER_SIZE + n)
-        data = buf[body:body + n]
-        if _crc32(data, _crc32(buf[pos + 4:body])) != crc:
-            return Decoded(out, pos, offset, "checksum mismatch", 0)
-        if off >= skip_below:
-            out.append((off, data))
-            nbytes += n
-        pos = body + n
-        offset += 1
-    return Decoded(out, pos, offset, None, 0)
+    skip_below are checked but not returned. With split=False, `records`
+    is only their count: they are the bytes buf[first_pos:pos], back to
+    back (what MessageBatch.add_log_run takes). The checks are C
+    (logrec.c's lr_decode)."""
+    records, first_pos, pos, offset, problem, found_offset, found_length, need, nbytes, _ = \
+        decode_records(buf, pos, offset, max_records, skip_below, max_bytes, split)
+    return Decoded(records, pos, offset, _problem(problem, found_offset, found_length, offset),
+                   need, first_pos, nbytes)
+
+
+def _problem(code: int, found_offset: int, found_length: int, offset: int) -> str | None:
+    """decode_records' problem code as a sentence."""
+    if code == 1:
+        return f"record says offset {found_offset}, {offset} expected"
+    if code == 2:
+        return f"record length {found_length} over the maximum"
+    if code == 3:
+        return "checksum mismatch"
+    return None
 
 
 class Scan(NamedTuple):
@@ -173,7 +161,6 @@ def scan(
     damage, or at a record cut short by `limit` (a torn tail)."""
     count = 0
     need = 0
-    unpack = RECORD_HEADER.unpack_from
     indexing = index_offsets is not None
     while pos < limit:
         if pos + need > limit:
@@ -185,37 +172,22 @@ def scan(
         if len(buf) < want:
             return Scan(pos, offset, count, f"file ends before position {limit}",
                         last_index_pos)
-        view = memoryview(buf)
-        at = 0
-        need = 0
-        while True:
-            if want - at < HEADER_SIZE:
-                need = HEADER_SIZE
-                break
-            crc, n, off = unpack(buf, at)
-            if off != offset:
-                return Scan(pos + at, offset, count,
-                            f"record says offset {off}, {offset} expected", last_index_pos)
-            if n > MAX_RECORD_BYTES:
-                return Scan(pos + at, offset, count, f"record length {n} over the maximum",
-                            last_index_pos)
-            body = at + HEADER_SIZE
-            if want - body < n:
-                need = HEADER_SIZE + n
-                break
-            if _crc32(view[body:body + n], _crc32(view[at + 4:body])) != crc:
-                return Scan(pos + at, offset, count, "checksum mismatch", last_index_pos)
-            if indexing and pos + at - last_index_pos >= INDEX_INTERVAL:
-                index_offsets.append(offset)
-                index_positions.append(pos + at)
-                last_index_pos = pos + at
-            at = body + n
-            offset += 1
-            count += 1
-        view.release()
+        got, _, at, next_offset, code, found_offset, found_length, need, _, index = \
+            decode_records(buf, 0, offset, 1 << 62, -1, 1 << 62, False,
+                           (pos, last_index_pos) if indexing else None)
+        if indexing:
+            last_index_pos = index[0]
+            add_index(index[1], index_offsets, index_positions)  # type: ignore[arg-type]
+        count += got
+        problem = _problem(code, found_offset, found_length, next_offset)
+        if problem is not None:
+            return Scan(pos + at, next_offset, count, problem, last_index_pos)
+        offset = next_offset
         pos += at
         if pos == limit:
             break
+        if need == 0:
+            need = HEADER_SIZE  # the chunk ended on a record boundary: a header comes next
     return Scan(pos, offset, count, None, last_index_pos)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .log import CorruptRecordError, Log, OffsetOutOfRange
 
@@ -68,6 +68,15 @@ class Source(abc.ABC):
 
     def positions(self) -> dict[int, int]:
         return {p: self.position(p) for p in self.partitions()}
+
+    def poll_into(self, batch: Any, max_records: int = 1000, timeout: float = 1.0) -> int:
+        """poll(), into a MessageBatch (pinstack._core._index) instead of a
+        list: returns the records added. The same records, order and
+        positions as poll(); EmbeddedSource adds them without an object per
+        record."""
+        records = self.poll(max_records, timeout)
+        batch.add_records(records)
+        return len(records)
 
     def __enter__(self) -> Source:
         return self
@@ -133,8 +142,23 @@ class EmbeddedSource(Source):
             if left <= 0 or not self._log.wait_any(self._pos, left):
                 return out
 
-    def _drain(self, max_records: int) -> list[Record]:
+    def poll_into(self, batch: Any, max_records: int = 1000, timeout: float = 1.0) -> int:
+        if self._closed:
+            raise ValueError("poll on a closed source")
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self._drain(max_records, batch)
+            if n:
+                return n
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._log.wait_any(self._pos, left):
+                return 0
+
+    def _drain(self, max_records: int, batch: Any = None) -> Any:
+        """Read up to max_records, partitions taking turns: Records, or
+        with a batch, log runs added to it (returns how many records)."""
         out: list[Record] = []
+        taken = 0
         n = len(self._order)
         first = self._turn % n
         self._turn += 1
@@ -145,16 +169,23 @@ class EmbeddedSource(Source):
             if log.end_offset(p) <= pos:
                 continue
             try:
-                recs, nxt = log.read_batch(p, pos, max_records - len(out))
+                if batch is None:
+                    recs, nxt = log.read_batch(p, pos, max_records - taken)
+                    out.extend([_new_record(Record, (p, o, v)) for o, v in recs])
+                    got = len(recs)
+                else:
+                    runs, nxt, got = log.read_runs(p, pos, max_records - taken)
+                    for buf, at, count, first_offset in runs:
+                        batch.add_log_run(p, buf, at, count, first_offset)
             except CorruptRecordError:
-                if out:
-                    return out  # this partition raises on a later poll
+                if taken:
+                    break  # this partition raises on a later poll
                 raise
-            out.extend([_new_record(Record, (p, o, v)) for o, v in recs])
+            taken += got
             self._pos[p] = nxt
-            if len(out) >= max_records:
+            if taken >= max_records:
                 break
-        return out
+        return out if batch is None else taken
 
     def lag(self) -> dict[int, int]:
         return {p: self._log.end_offset(p) - pos for p, pos in self._pos.items()}
