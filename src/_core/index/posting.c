@@ -314,7 +314,9 @@ uint32_t ps_post_iter_advance_far(ps_post_iter *it, uint32_t target) {
     /* Matches of an AND are usually near: scan the next 64 entries 16 at
      * a time (never past the snapshot's part of the bucket), then gallop
      * and binary search the last step. */
-    for (uint32_t scanned = 0; scanned < 64 && from + 16 <= it->bucket_n; scanned += 16) {
+    for (uint32_t scanned = 0;
+         scanned < 64 && from + 16 <= it->bucket_n && it->limit <= PS_SIGNED_DOCS;
+         scanned += 16) {
         uint32_t below = ps_below16(it->docs + from, target);
         if (below < 16) {
             it->off = from + below;
@@ -385,7 +387,8 @@ uint32_t ps_post_intersect2(ps_post_iter *a, ps_post_iter *b, uint32_t *out, uin
     uint32_t n = 0;
     uint32_t tmp[PS_POST_MAX_CAP];
     while (n < cap && a->doc != PS_DOC_END && b->doc != PS_DOC_END) {
-        if (b->off + 16 <= b->bucket_n) {
+        if (b->off + 16 <= b->bucket_n && a->limit <= PS_SIGNED_DOCS &&
+            b->limit <= PS_SIGNED_DOCS) {
             /* Both inside their buckets, b with 16 entries ahead. A's part
              * is cut where matches could overflow out, and at the
              * snapshot's limit (the iterators then settle on the end). */

@@ -262,16 +262,18 @@ uint32_t ps_post_iter_goto(ps_post_iter *it, uint32_t idx);
 /* Entries of the snapshot with doc < limit, without walking them. */
 uint32_t ps_post_iter_count(const ps_post_iter *it);
 /* How many of the 16 sorted doc ids at p are below target: the index of
- * the first >= target, if it is among them. */
+ * the first >= target, if it is among them. All 17 values must be below
+ * PS_SIGNED_DOCS (SSE2 compares signed): callers check that their limit
+ * is at most that, which every realtime segment's is (max_docs <= 2^31),
+ * and fall back to scalar search otherwise. */
+#define PS_SIGNED_DOCS 0x80000000u
 static inline uint32_t ps_below16(const uint32_t *p, uint32_t target) {
 #if defined(__SSE2__)
-    /* SSE2 compares signed: flip the sign bits to compare unsigned. */
-    const __m128i bias = _mm_set1_epi32((int)0x80000000u);
-    const __m128i t = _mm_xor_si128(_mm_set1_epi32((int)target), bias);
-    __m128i c0 = _mm_cmpgt_epi32(t, _mm_xor_si128(_mm_loadu_si128((const __m128i *)p), bias));
-    __m128i c1 = _mm_cmpgt_epi32(t, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(p + 4)), bias));
-    __m128i c2 = _mm_cmpgt_epi32(t, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(p + 8)), bias));
-    __m128i c3 = _mm_cmpgt_epi32(t, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(p + 12)), bias));
+    const __m128i t = _mm_set1_epi32((int)target);
+    __m128i c0 = _mm_cmpgt_epi32(t, _mm_loadu_si128((const __m128i *)p));
+    __m128i c1 = _mm_cmpgt_epi32(t, _mm_loadu_si128((const __m128i *)(p + 4)));
+    __m128i c2 = _mm_cmpgt_epi32(t, _mm_loadu_si128((const __m128i *)(p + 8)));
+    __m128i c3 = _mm_cmpgt_epi32(t, _mm_loadu_si128((const __m128i *)(p + 12)));
     __m128i m = _mm_packs_epi16(_mm_packs_epi32(c0, c1), _mm_packs_epi32(c2, c3));
     /* Sorted: the lanes below target are a prefix; the first clear bit
      * ends it (bit 16 is always clear: bsf, no popcount instruction

@@ -1220,7 +1220,9 @@ static void view_close(view *v) {
     free(v->idfs);
 }
 
-static int view_open(view *v, const ps_src *src, uint32_t n, const ps_qnode *q) {
+/* Open a view for q; with `bm25`, also the terms' idfs (a dictionary
+ * look-up per term and source: counts and other orders skip it). */
+static int view_open(view *v, const ps_src *src, uint32_t n, const ps_qnode *q, bool bm25) {
     memset(v, 0, sizeof(*v));
     v->src = src;
     v->n = n;
@@ -1268,7 +1270,7 @@ static int view_open(view *v, const ps_src *src, uint32_t n, const ps_qnode *q) 
     collect_terms(q, terms, &v->nterms);
     for (uint32_t t = 0; t < v->nterms; t++) {
         uint64_t df = 0;
-        for (uint32_t i = 0; i < n; i++) {
+        for (uint32_t i = 0; i < n && bm25; i++) {
             ps_post_iter it;
             if (source_postings(src[i].rt, src[i].f, terms[t], v->limit[i], &it))
                 df += ps_post_iter_count(&it);
@@ -1373,7 +1375,7 @@ static int count_one(const view *v, uint32_t i, const ps_qnode *q, uint64_t *cou
 int ps_q_count_view(const ps_src *src, uint32_t n, const ps_qnode *q, uint64_t *count) {
     view v;
     *count = 0;
-    if (view_open(&v, src, n, q) != 0)
+    if (view_open(&v, src, n, q, false) != 0)
         return -1;
     int rc = 0;
     for (uint32_t i = 0; i < n && rc == 0; i++)
@@ -1718,7 +1720,7 @@ int ps_q_search_view(const ps_src *src, uint32_t nsrc, const ps_qnode *q, uint32
                      ps_hit *out, uint32_t *nout) {
     *nout = 0;
     view v;
-    if (view_open(&v, src, nsrc, q) != 0)
+    if (view_open(&v, src, nsrc, q, order == PS_ORDER_BM25) != 0)
         return -1;
     uint32_t n = 0;
     uint64_t doc_base = 0;

@@ -264,6 +264,7 @@ static void open_term(const ps_fseg *f, uint64_t t, ps_post_iter *it) {
         }
     }
     ps_post_iter_open_file(it, p, sk, dlc, tr->df);
+    it->limit = f->ndocs;  /* every doc id of the file is below it */
 }
 
 /* ---- bit packing ------------------------------------------------------------ */
