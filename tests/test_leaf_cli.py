@@ -12,6 +12,7 @@ log), and `produce`, `search` and `status` run as processes against it.
 from __future__ import annotations
 
 import json
+import urllib.request
 import os
 import re
 import signal
@@ -148,6 +149,24 @@ def test_serve_produce_search_status_then_sigterm(serve, tmp_path):
     assert leaf.stop(signal.SIGTERM) == 0
     assert "SIGTERM: stopping" in leaf.stderr() and "stopped" in leaf.stderr()
     assert (tmp_path / "data" / "log" / "CLEAN").exists()  # the log was closed cleanly
+
+
+def test_serve_freezes_its_startup_objects_and_reports_gc_pauses(serve, tmp_path):
+    """A serve process keeps what it started with out of the cyclic
+    collector's walks (logged) and exposes every collection's pause by
+    generation; enough requests make generation 0 collect at least once."""
+    leaf = serve()
+    assert re.search(r"froze \d+ objects", leaf.stderr())
+    f = tmp_path / "docs.ndjson"
+    f.write_bytes(ndjson(*(doc(f"pin:{i}", f"cat number {i}") for i in range(300))))
+    assert run("produce", str(f), "--url", leaf.url, "--batch", "1").returncode == 0
+    for _ in range(20):
+        assert run("search", "cat", "--url", leaf.url).returncode == 0
+    with urllib.request.urlopen(leaf.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r'^pinstack_leaf_gc_pause_seconds_count\{generation="0"\} (\S+)$', text, re.M)
+    assert m and float(m.group(1)) >= 1, text[:2000]
+    assert leaf.stop() == 0
 
 
 def test_restart_with_the_same_data_keeps_and_reapplies_the_log(serve, tmp_path):

@@ -279,6 +279,11 @@ class LeafMetrics:
             "pinstack_leaf_http_request_seconds", "HTTP request time from a whole request "
             "received to its response queued, by endpoint", ["endpoint"],
             buckets=_LATENCY_BUCKETS, registry=r)
+        self.gc_pause = Histogram(
+            "pinstack_leaf_gc_pause_seconds", "Python's cyclic garbage collector: each "
+            "collection's pause (every Python thread waits), by generation; observed only in "
+            "a pinstack-leaf serve process", ["generation"], buckets=_LATENCY_BUCKETS,
+            registry=r)
         r.register(_ScrapeCollector(leaf))
 
 
