@@ -156,7 +156,10 @@ def test_serve_freezes_its_startup_objects_and_reports_gc_pauses(serve, tmp_path
     collector's walks (logged) and exposes every collection's pause by
     generation; enough requests make generation 0 collect at least once."""
     leaf = serve()
-    assert re.search(r"froze \d+ objects", leaf.stderr())
+    deadline = time.monotonic() + 30  # logged just after it listens
+    while not re.search(r"froze \d+ objects", leaf.stderr()):
+        assert time.monotonic() < deadline, leaf.stderr()
+        time.sleep(0.05)
     f = tmp_path / "docs.ndjson"
     f.write_bytes(ndjson(*(doc(f"pin:{i}", f"cat number {i}") for i in range(300))))
     assert run("produce", str(f), "--url", leaf.url, "--batch", "1").returncode == 0

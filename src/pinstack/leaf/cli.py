@@ -316,7 +316,10 @@ async def _serve(leaf: Any, args: argparse.Namespace) -> int:
     try:
         await stop.wait()
     finally:
+        # Collectable again: at exit the interpreter frees what it can, and
+        # the index's C memory with it (leak checkers would say otherwise).
         gc.callbacks.remove(gc_hook)
+        gc.unfreeze()
     await server.stop()
     return 0
 
