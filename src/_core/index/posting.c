@@ -359,78 +359,141 @@ static inline void iter_stand(ps_post_iter *it, uint32_t off) {
 }
 
 /*
- * One step of intersecting sorted A with sorted B, without a branch on
- * its outcome (a coin toss): t = A[*a]; k = how many of B's next 16 are
- * below t. k == 16: t lies further on, B moves 16 and A stays; otherwise
- * B stands on its first entry >= t, t is kept if that is t, and A moves
- * on. B[*b - 1] < t when k == 16. The caller keeps *b + 16 within B's
- * readable part.
+ * The intersection's inner loop, in two builds of one body: SSE2 (every
+ * x86-64), 16 doc ids of B per compare step, and AVX2, 32 per step,
+ * picked once at run time (__builtin_cpu_supports). A step intersects
+ * sorted A with sorted B without a branch on its outcome (a coin toss):
+ * t = A[a]; k = how many of B's next W are below t. k == W: t lies
+ * further on, B moves W and A stays; otherwise B stands on its first
+ * entry >= t, t is kept if that is t, and A moves on (B[b - 1] < t when
+ * k == W). The loop keeps b + W within B's readable part.
+ *
+ * isect_run takes A[*ai, ae) against B[*bi, bn) (all below 2^31: signed
+ * compares) into out (matches appended at *n; ae - *ai entries of room)
+ * and leaves *ai, *bi where it stopped: at ae, or where B's next W would
+ * pass bn. From ISECT_SPLIT entries of A on it runs two streams at once,
+ * the first half of A from *bi, the second from where its first doc falls
+ * in B: each step waits on its own loads (a chain of ~20 cycles), and two
+ * independent chains overlap. Stream 1 never passes stream 2's start (its
+ * docs are all below it), and its matches come first.
  */
-static inline void isect_step(const uint32_t *A, uint32_t *a, const uint32_t *B, uint32_t *b,
-                              uint32_t *out, uint32_t *n) {
-    const uint32_t t = A[*a];
-    /* B is read nearly line by line: fetch 512 bytes ahead (past the
-     * bucket's end is harmless: a prefetch never faults). */
-    __builtin_prefetch(B + *b + 128);
-    const uint32_t k = ps_below16(B + *b, t);
-    const uint32_t found = k < 16;
-    *b += k;
-    out[*n] = t;
-    *n += found & (B[*b - (1 - found)] == t);
-    *a += found;
+#define ISECT_SPLIT 64u
+
+#define ISECT_STEP(BELOW, W, A, a, B, b, out, n)                                      \
+    do {                                                                          \
+        const uint32_t t_ = (A)[a];                                               \
+        /* B is read nearly line by line: fetch 512 bytes ahead (a prefetch      \
+         * past the bucket's end never faults) */                                 \
+        __builtin_prefetch((B) + (b) + 128);                                      \
+        const uint32_t k_ = BELOW((B) + (b), t_);                                 \
+        const uint32_t found_ = k_ < (W);                                         \
+        (b) += k_;                                                                \
+        (out)[n] = t_;                                                            \
+        (n) += found_ & ((B)[(b) - (1 - found_)] == t_);                          \
+        (a) += found_;                                                            \
+    } while (0)
+
+#define ISECT_RUN_BODY(BELOW, W)                                                  \
+    uint32_t a0 = *ai, b0 = *bi, n0 = *n;                                         \
+    if (ae - a0 >= ISECT_SPLIT) {                                                 \
+        const uint32_t am = a0 + (ae - a0) / 2;                                   \
+        uint32_t a1 = a0, b1 = b0, a2 = am, b2 = lower_bound(B, b0, bn, A[am]);   \
+        uint32_t n2 = 0;                                                          \
+        while (a1 < am && a2 < ae && b2 + (W) <= bn) {                            \
+            ISECT_STEP(BELOW, W, A, a1, B, b1, out, n0);                          \
+            ISECT_STEP(BELOW, W, A, a2, B, b2, tmp, n2);                          \
+        }                                                                         \
+        while (a1 < am && b1 + (W) <= bn)                                         \
+            ISECT_STEP(BELOW, W, A, a1, B, b1, out, n0);                          \
+        if (a1 < am) { /* stream 1 ran into the bucket's end: stream 2's work    \
+                        * is dropped, to be redone after it */                    \
+            a0 = a1;                                                              \
+            b0 = b1;                                                              \
+        } else {                                                                  \
+            memcpy(out + n0, tmp, n2 * sizeof(*tmp));                             \
+            n0 += n2;                                                             \
+            while (a2 < ae && b2 + (W) <= bn)                                     \
+                ISECT_STEP(BELOW, W, A, a2, B, b2, out, n0);                      \
+            a0 = a2;                                                              \
+            b0 = b2;                                                              \
+        }                                                                         \
+    } else {                                                                      \
+        while (a0 < ae && b0 + (W) <= bn)                                         \
+            ISECT_STEP(BELOW, W, A, a0, B, b0, out, n0);                          \
+    }                                                                             \
+    *ai = a0;                                                                     \
+    *bi = b0;                                                                     \
+    *n = n0
+
+typedef void isect_run_fn(const uint32_t *A, uint32_t *ai, uint32_t ae, const uint32_t *B,
+                          uint32_t *bi, uint32_t bn, uint32_t *out, uint32_t *n, uint32_t *tmp);
+
+static void isect_run_sse2(const uint32_t *A, uint32_t *ai, uint32_t ae, const uint32_t *B,
+                           uint32_t *bi, uint32_t bn, uint32_t *out, uint32_t *n,
+                           uint32_t *tmp) {
+    ISECT_RUN_BODY(ps_below16, 16u);
 }
 
-/* Below this many entries of A, one stream; above, two interleaved. */
-#define ISECT_SPLIT 64u
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define ISECT_AVX2 1
+/* How many of the 32 sorted doc ids at p (all below 2^31) are below t. */
+__attribute__((target("avx2"))) static inline uint32_t below32_avx2(const uint32_t *p,
+                                                                   uint32_t t) {
+    const __m256i tv = _mm256_set1_epi32((int)t);
+    uint32_t m = 0;
+    for (int j = 0; j < 4; j++) {
+        __m256i c = _mm256_cmpgt_epi32(tv, _mm256_loadu_si256((const __m256i *)(p + 8 * j)));
+        m |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(c)) << (8 * j);
+    }
+    /* the lanes below t are a prefix: its length is the first clear bit */
+    return m == UINT32_MAX ? 32u : (uint32_t)__builtin_ctz(~m);
+}
+
+__attribute__((target("avx2"))) static void isect_run_avx2(const uint32_t *A, uint32_t *ai,
+                                                          uint32_t ae, const uint32_t *B,
+                                                          uint32_t *bi, uint32_t bn,
+                                                          uint32_t *out, uint32_t *n,
+                                                          uint32_t *tmp) {
+    ISECT_RUN_BODY(below32_avx2, 32u);
+}
+#endif
+
+/* The widest build this CPU runs, chosen on first use (a racing first use
+ * stores the same pointer: relaxed atomics suffice); PINSTACK_NO_AVX2 in
+ * the environment keeps SSE2 (for comparisons). */
+static _Atomic(isect_run_fn *) isect_run_impl;
+
+static isect_run_fn *isect_run(void) {
+    isect_run_fn *f = atomic_load_explicit(&isect_run_impl, memory_order_relaxed);
+    if (f == NULL) {
+        f = isect_run_sse2;
+#ifdef ISECT_AVX2
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2") && getenv("PINSTACK_NO_AVX2") == NULL)
+            f = isect_run_avx2;
+#endif
+        atomic_store_explicit(&isect_run_impl, f, memory_order_relaxed);
+    }
+    return f;
+}
 
 uint32_t ps_post_intersect2(ps_post_iter *a, ps_post_iter *b, uint32_t *out, uint32_t cap) {
     uint32_t n = 0;
     uint32_t tmp[PS_POST_MAX_CAP];
+    isect_run_fn *run = isect_run();
     while (n < cap && a->doc != PS_DOC_END && b->doc != PS_DOC_END) {
-        if (b->off + 16 <= b->bucket_n && a->limit <= PS_SIGNED_DOCS &&
+        if (b->off + 32 <= b->bucket_n && a->limit <= PS_SIGNED_DOCS &&
             b->limit <= PS_SIGNED_DOCS) {
-            /* Both inside their buckets, b with 16 entries ahead. A's part
+            /* Both inside their buckets, b with 32 entries ahead. A's part
              * is cut where matches could overflow out, and at the
              * snapshot's limit (the iterators then settle on the end). */
-            const uint32_t *A = a->docs, *B = b->docs;
-            const uint32_t bn = b->bucket_n;
+            const uint32_t *A = a->docs;
             const uint32_t lim = a->limit < b->limit ? a->limit : b->limit;
             uint32_t ai = a->off, bi = b->off;
             uint32_t ae = a->bucket_n - ai > cap - n ? ai + (cap - n) : a->bucket_n;
             ae = lower_bound(A, ai, ae, lim);
-            if (ae - ai >= ISECT_SPLIT) {
-                /* Two streams at once: the first half of A's part from
-                 * bi, the second from where its first doc falls in B. Each
-                 * step waits on its own loads (a chain of ~20 cycles);
-                 * two independent chains overlap. Stream 1 never passes
-                 * stream 2's start (its docs are all below it), and its
-                 * matches come first. */
-                const uint32_t am = ai + (ae - ai) / 2;
-                uint32_t a1 = ai, b1 = bi, a2 = am, b2 = lower_bound(B, bi, bn, A[am]);
-                uint32_t n2 = 0;
-                while (a1 < am && a2 < ae && b2 + 16 <= bn) {
-                    isect_step(A, &a1, B, &b1, out, &n);
-                    isect_step(A, &a2, B, &b2, tmp, &n2);
-                }
-                while (a1 < am && b1 + 16 <= bn)
-                    isect_step(A, &a1, B, &b1, out, &n);
-                if (a1 < am) {
-                    /* stream 1 ran into the bucket's end: stream 2's work
-                     * is dropped and redone after it */
-                    ai = a1;
-                    bi = b1;
-                } else {
-                    memcpy(out + n, tmp, n2 * sizeof(*tmp));
-                    n += n2;
-                    while (a2 < ae && b2 + 16 <= bn)
-                        isect_step(A, &a2, B, &b2, out, &n);
-                    ai = a2;
-                    bi = b2;
-                }
-            } else {
-                while (ai < ae && bi + 16 <= bn)
-                    isect_step(A, &ai, B, &bi, out, &n);
-            }
+            run(A, &ai, ae, b->docs, &bi, b->bucket_n, out, &n, tmp);
             /* (read before iter_stand moves a to another bucket) */
             const bool past = ai == ae && ae < a->bucket_n && A[ae] >= lim;
             iter_stand(a, ai);
