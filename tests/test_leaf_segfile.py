@@ -277,6 +277,23 @@ def test_and_counts_equal_set_intersections_in_a_segment_and_its_file(tmp_path, 
             assert active.delete(f"k{i}", older=[f])
 
 
+def test_and_counts_hold_on_the_sse2_intersection_too():
+    """Where the CPU has AVX2 the intersection runs its AVX2 build; the same
+    AND-count checks again with PINSTACK_NO_AVX2=1 (read once, at first
+    use: so in a process of their own) cover the SSE2 build every x86-64
+    runs."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PINSTACK_NO_AVX2="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+         f"{__file__}::test_and_counts_equal_set_intersections_in_a_segment_and_its_file"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "3 passed" in out.stdout, out.stdout[-2000:]
+
+
 FORMAT1_FILE = os.path.join(os.path.dirname(__file__), "data", "segment-format1.pss")
 
 
