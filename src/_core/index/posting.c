@@ -18,6 +18,7 @@ void ps_post_init(ps_posting *p) {
     atomic_init(&p->size, 0);
     p->inline_dir.first_doc = 0;
     p->inline_dir.docs = NULL;
+    p->tail = NULL;
     atomic_init(&p->dir, &p->inline_dir);
 }
 
@@ -60,11 +61,11 @@ static inline size_t bucket_bytes(uint32_t b) {
 int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, double score, uint32_t dl,
                    ps_arena *arena, ps_gen *gen) {
     uint32_t n = atomic_load_explicit(&p->size, memory_order_relaxed);
-    ps_skip *dir = atomic_load_explicit(&p->dir, memory_order_relaxed);
     uint32_t b, off;
     ps_post_locate(n, &b, &off);
     uint32_t *docs;
     if (off == 0) {
+        ps_skip *dir = atomic_load_explicit(&p->dir, memory_order_relaxed);
         docs = ps_arena_alloc(arena, bucket_bytes(b), 8);
         if (docs == NULL)
             return -1;
@@ -89,8 +90,9 @@ int ps_post_append(ps_posting *p, uint32_t doc, uint32_t tf, double score, uint3
             dir[b].first_doc = doc;
             dir[b].docs = docs;
         }
+        p->tail = docs;
     } else {
-        docs = dir[b].docs;
+        docs = p->tail;
     }
     docs[off] = doc;
     tf = tf > UINT16_MAX ? UINT16_MAX : tf;

@@ -127,6 +127,9 @@ typedef struct ps_posting {
     _Atomic uint32_t size;      /* committed entries */
     _Atomic(ps_skip *) dir;     /* bucket directory, capacity by bucket count */
     ps_skip inline_dir;         /* the directory while there is one bucket */
+    uint32_t *tail;             /* the writer's own: its current bucket, so an
+                                 * append needs no trip through the directory
+                                 * (readers never read it) */
 } ps_posting;
 
 /* Bucket capacity and where entry i lives. */
