@@ -4,9 +4,17 @@
  * Writer side (one thread per list): ps_post_append fills the slot, and
  * for a new bucket the directory slot (growing the directory by copy +
  * release publish + retire when full), then release-stores the size.
- * Reader side: ps_post_iter_* never writes shared memory; it reads a
- * snapshot of `size` entries (acquire), through the directory it loaded
+ * The writer also keeps its current bucket in `tail`, a field only it
+ * reads. Reader side: ps_post_iter_* never writes shared memory; it reads
+ * a snapshot of `size` entries (acquire), through the directory it loaded
  * (acquire) after the size. See posting.h for why that order is enough.
+ *
+ * Iterators seek both ways (random access through the directory or the
+ * file's skip entries) and walk numbered blocks backward, for top-K
+ * newest first (query.c). ps_post_intersect2 intersects two iterators on
+ * their arrays with branch-free SIMD compares (doc ids below 2^31: signed
+ * lanes); its SSE2 or AVX2 build is picked once, into a pointer any
+ * thread may set (the same value: relaxed atomics).
  */
 #include "posting.h"
 
@@ -193,7 +201,7 @@ static void fiter_enter(ps_post_iter *it, uint32_t b) {
 }
 
 void ps_post_iter_open_file(ps_post_iter *it, const uint8_t *data, const ps_sf_skip *skip,
-                            const ps_block_dl *dlc, uint32_t df) {
+                            const ps_block_dl *dlc, uint32_t df, uint32_t ndocs) {
     it->dir = NULL;
     it->fdata = data;
     it->fskip = skip;
@@ -201,7 +209,7 @@ void ps_post_iter_open_file(ps_post_iter *it, const uint8_t *data, const ps_sf_s
     it->fdf = df;
     it->n = df;
     it->nbuckets = (df + PS_POST_BLOCK - 1) / PS_POST_BLOCK;
-    it->limit = PS_DOC_END;
+    it->limit = ndocs;  /* every doc id of the file is below it */
     if (df == 0) {
         it->doc = PS_DOC_END;
         it->i = 0;
@@ -673,19 +681,6 @@ uint32_t ps_post_iter_count(const ps_post_iter *it) {
     uint32_t start = bucket_start(lo), cap = ps_post_bucket_cap(lo);
     uint32_t in_bucket = it->n - start < cap ? it->n - start : cap;
     return start + lower_bound(it->dir[lo].docs, 0, in_bucket, it->limit);
-}
-
-uint32_t ps_post_iter_skip_block(ps_post_iter *it) {
-    if (it->doc == PS_DOC_END)
-        return PS_DOC_END;
-    uint32_t next = (it->off / PS_POST_BLOCK + 1) * PS_POST_BLOCK;
-    if (next >= it->bucket_n) {
-        it->off = it->bucket_n - 1;  /* as if at the bucket's last entry */
-        return ps_post_iter_next_bucket(it);
-    }
-    it->i += next - it->off;
-    it->off = next;
-    return iter_settle(it);
 }
 
 int ps_post_iter_bounds(const ps_post_iter *it, uint64_t end, ps_bounds *bd) {

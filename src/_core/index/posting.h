@@ -213,9 +213,10 @@ typedef struct ps_post_iter {
 } ps_post_iter;
 
 void ps_post_iter_open(ps_post_iter *it, const ps_posting *p, uint32_t limit);
-/* Open over a file posting list of df entries (segfile.h). */
+/* Open over a file posting list of df entries, in a file of ndocs
+ * documents (segfile.h): the iterator's limit. */
 void ps_post_iter_open_file(ps_post_iter *it, const uint8_t *data, const ps_sf_skip *skip,
-                            const ps_block_dl *dlc, uint32_t df);
+                            const ps_block_dl *dlc, uint32_t df, uint32_t ndocs);
 /* Step into bucket b+1 (the current one is used up). */
 uint32_t ps_post_iter_next_bucket(ps_post_iter *it);
 static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
@@ -229,8 +230,6 @@ static inline uint32_t ps_post_iter_next(ps_post_iter *it) {
     }
     return ps_post_iter_next_bucket(it);
 }
-/* Leave the current block: first entry of the next one (or the end). */
-uint32_t ps_post_iter_skip_block(ps_post_iter *it);
 /* Fold the bounds of the blocks from the current one up to the one
  * holding the first entry >= end into *b (ps_bounds_init first). Returns
  * 0 if one of those blocks keeps no maxima (a small bucket). */

@@ -7,6 +7,14 @@
  * list is opened; each realtime source is read inside its generation read
  * section; deletion stamps are read relaxed against the snapshot; nothing
  * here writes shared memory.
+ *
+ * Top-K runs newest first (search_one): sources newest first, one-term
+ * queries block by block backward, other trees in descending doc-id
+ * ranges, each stretch skipped when its bound cannot beat the heap's
+ * worst hit (ties rank the newer document first, so an equal bound
+ * cannot either). BM25 over an OR of terms runs MaxScore; an AND of terms
+ * that is not scored takes its matches in batches from
+ * ps_post_intersect2.
  */
 #include "query.h"
 

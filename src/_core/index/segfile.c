@@ -263,8 +263,7 @@ static void open_term(const ps_fseg *f, uint64_t t, ps_post_iter *it) {
             p += nb * sizeof(ps_block_dl);
         }
     }
-    ps_post_iter_open_file(it, p, sk, dlc, tr->df);
-    it->limit = f->ndocs;  /* every doc id of the file is below it */
+    ps_post_iter_open_file(it, p, sk, dlc, tr->df, f->ndocs);
 }
 
 /* ---- bit packing ------------------------------------------------------------ */
