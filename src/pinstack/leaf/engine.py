@@ -613,7 +613,9 @@ class Engine:
             if pick is not None:
                 self._compact_run(*pick)
             with self._apply_lock:
+                # segments: the merged file plus any flushed meanwhile
                 return {"compacted": pick is not None, "segments_before": before,
+                        "merged": pick[1] - pick[0] if pick is not None else 0,
                         "segments": len(self._files), "generation": self._generation}
 
     # ---- stats and lifecycle -----------------------------------------------------
